@@ -1,0 +1,151 @@
+"""The command line: parse, call one command module, map errors to exit codes. Nothing else.
+
+`allasrun [OPTIONS] -- CMD` is the main use, so a command line that does not start with a
+subcommand name runs `exec`.
+"""
+
+import os
+import sys
+from typing import Annotated, List, Optional
+
+import typer
+
+from allasrun import __version__
+from allasrun import log as logsetup
+from allasrun.errors import AllasrunError
+from allasrun.keeper import Schedule
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Keep an Allas (Keystone + Swift) token alive for as long as a batch job runs.",
+)
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also log debug detail.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Log only warnings and errors.")]
+Margin = Annotated[
+    Optional[float],
+    typer.Option(
+        "--renew-margin",
+        metavar="SECONDS",
+        help="Renew when this much token life is left (default: half its lifetime).",
+    ),
+]
+
+
+def _setup(verbose: bool, quiet: bool) -> None:
+    logsetup.configure(-1 if quiet else (1 if verbose else 0))
+
+
+@app.command(
+    "exec",
+    context_settings={"allow_interspersed_args": False},
+    help="Run CMD with a token kept valid (the default: allasrun [OPTIONS] -- CMD).",
+)
+def exec_command(
+    command: Annotated[List[str], typer.Argument(metavar="CMD [ARGS]...", show_default=False)],
+    remote: Annotated[
+        str, typer.Option(metavar="NAME", help="Name of the rclone remote to write.")
+    ] = "allas",
+    update_user_config: Annotated[
+        bool, typer.Option(help="Also keep the remote current in your own rclone.conf.")
+    ] = False,
+    keep_password: Annotated[
+        bool, typer.Option(help="Pass OS_PASSWORD on to the command (off: it is removed).")
+    ] = False,
+    job_credential: Annotated[
+        bool,
+        typer.Option(
+            help="With a password, create an application credential for this run, revoked at the end.",
+        ),
+    ] = True,
+    job_credential_hours: Annotated[
+        float, typer.Option(metavar="HOURS", help="Expiry of that credential, if the run cannot revoke it.")
+    ] = 24.0 * 14,
+    storage_url: Annotated[
+        Optional[str], typer.Option(metavar="URL", help="Swift URL to use instead of the catalog's.")
+    ] = None,
+    cache: Annotated[bool, typer.Option(help="Reuse a still-valid token from an earlier run.")] = True,
+    renew_margin: Margin = None,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    from allasrun.commands import launch
+
+    _setup(verbose, quiet)
+    options = launch.LaunchOptions(
+        command=command,
+        remote=remote,
+        update_user_config=update_user_config,
+        keep_password=keep_password,
+        job_credential=job_credential,
+        job_credential_hours=job_credential_hours,
+        storage_url=storage_url,
+        use_cache=cache,
+        schedule=Schedule(margin=renew_margin),
+    )
+    raise typer.Exit(launch.run(options, os.environ))
+
+
+@app.command(help="Store an application credential so later runs need no password.")
+def login(
+    days: Annotated[float, typer.Option(metavar="DAYS", help="Days until the credential expires.")] = 30.0,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    from allasrun.commands import login as login_command
+
+    _setup(verbose, quiet)
+    typer.echo(login_command.run(os.environ, days), nl=False)
+
+
+@app.command(help='Print export lines with a fresh token: eval "$(allasrun env)".')
+def env(renew_margin: Margin = None, verbose: Verbose = False, quiet: Quiet = False) -> None:
+    from allasrun.commands import env as env_command
+
+    _setup(verbose, quiet)
+    typer.echo(env_command.run(os.environ, Schedule(margin=renew_margin)), nl=False)
+
+
+@app.command(help="Show user, project, storage URL, token expiry and files in use.")
+def status(renew_margin: Margin = None, verbose: Verbose = False, quiet: Quiet = False) -> None:
+    from allasrun.commands import status as status_command
+
+    _setup(verbose, quiet)
+    typer.echo(status_command.run(os.environ, Schedule(margin=renew_margin)), nl=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"allasrun {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Keep an Allas (Keystone + Swift) token alive for as long as a batch job runs."""
+
+
+def _with_default_command(argv: List[str]) -> List[str]:
+    """`allasrun [OPTIONS] -- CMD` means `allasrun exec [OPTIONS] -- CMD`."""
+    commands = {command.name for command in app.registered_commands}
+    if argv and argv[0] not in commands and argv[0] not in ("-h", "--help", "--version"):
+        return ["exec", *argv]
+    return argv
+
+
+def main() -> None:
+    """Console entry point: every AllasrunError becomes one line and its exit code."""
+    try:
+        app(args=_with_default_command(sys.argv[1:]), prog_name="allasrun")
+    except AllasrunError as error:
+        logsetup.configure(0)
+        logsetup.log.error("error: %s", error)
+        sys.exit(error.exit_code)

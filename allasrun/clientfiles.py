@@ -1,0 +1,152 @@
+"""The files rclone and swift read: what they say, and where they go.
+
+Every file is rewritten whole at each renewal (see atomicfile), so a client started at any
+moment reads a token with time left on it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from allasrun.atomicfile import locked, write_atomic
+from allasrun.plan import AppCredential, Target
+from allasrun.token import Token
+
+HEADER = "# Written by allasrun; rewritten at every token renewal. Edits here are lost.\n"
+
+
+def rclone_section(
+    remote: str,
+    target: Target,
+    token: Token,
+    credential: Optional[AppCredential],
+) -> str:
+    """The `[remote]` section of rclone's swift backend.
+
+    The current token and storage URL are always there, so an rclone call costs Keystone
+    nothing. With an application credential the section also carries it: rclone (1.60 too)
+    then re-authenticates by itself when a long transfer outlives the token. A password is
+    never written.
+    """
+    keys: dict[str, str] = {"type": "swift", "env_auth": "false"}
+    if credential is not None:
+        keys.update(
+            auth=target.auth_url,
+            auth_version="3",
+            application_credential_id=credential.id,
+            application_credential_secret=credential.secret,
+            endpoint_type=target.interface,
+        )
+        if target.region:
+            keys["region"] = target.region
+    keys.update(auth_token=token.value, storage_url=token.storage_url)
+    body = "".join(f"{key} = {value}\n" for key, value in keys.items())
+    return f"[{remote}]\n{body}"
+
+
+def env_file(token: Token) -> str:
+    """Shell lines for `source`: what allas-conf exports, for swift and curl users."""
+    lines = [
+        HEADER,
+        f"# token expires {token.expiry_text()}\n",
+        f"export OS_AUTH_TOKEN={shlex.quote(token.value)}\n",
+        f"export OS_STORAGE_URL={shlex.quote(token.storage_url)}\n",
+    ]
+    return "".join(lines)
+
+
+def replace_section(text: str, name: str, section: str) -> str:
+    """Put `section` in place of section `[name]` of an INI text, keeping every other byte.
+
+    Comments and blank lines just before the next section header are left where they are,
+    as they usually describe that next section. A missing section is appended.
+    """
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if _header(line) == name), None)
+    if start is None:
+        if not text:
+            return section
+        return text.rstrip("\n") + "\n\n" + section
+    end = next((i for i in range(start + 1, len(lines)) if _header(lines[i]) is not None), len(lines))
+    keep_from = end
+    while keep_from > start + 1 and _is_comment_or_blank(lines[keep_from - 1]):
+        keep_from -= 1
+    return "".join(lines[:start]) + section + "".join(lines[keep_from:])
+
+
+def _header(line: str) -> Optional[str]:
+    stripped = line.strip()
+    if stripped.startswith("[") and stripped.endswith("]"):
+        return stripped[1:-1].strip()
+    return None
+
+
+def _is_comment_or_blank(line: str) -> bool:
+    stripped = line.strip()
+    return not stripped or stripped.startswith(("#", ";"))
+
+
+@dataclass(frozen=True)
+class ClientFiles:
+    """Where the files of one run live, and how to write them all for a token."""
+
+    directory: Path
+    remote: str
+    target: Target
+    credential: Optional[AppCredential]
+    user_config: Optional[Path] = None
+
+    @property
+    def rclone_config(self) -> Path:
+        """The job's own rclone.conf, holding only the allas remote."""
+        return self.directory / "rclone.conf"
+
+    @property
+    def env_path(self) -> Path:
+        """The file swift users `source` before a call."""
+        return self.directory / "env"
+
+    def paths(self) -> Iterable[Path]:
+        """Every file this run keeps current."""
+        yield self.rclone_config
+        yield self.env_path
+        if self.user_config is not None:
+            yield self.user_config
+
+    def write(self, token: Token) -> None:
+        """Write every file for `token`; each is replaced atomically."""
+        section = rclone_section(self.remote, self.target, token, self.credential)
+        write_atomic(self.rclone_config, HEADER + section)
+        write_atomic(self.env_path, env_file(token))
+        if self.user_config is not None:
+            update_section(self.user_config, self.remote, section)
+
+    def environment(self, token: Token) -> Mapping[str, str]:
+        """What the command's environment gains: where the files are, and the first token."""
+        rclone_config = self.user_config or self.rclone_config
+        return {
+            "RCLONE_CONFIG": str(rclone_config),
+            "ALLASRUN_ENV_FILE": str(self.env_path),
+            "ALLASRUN_DIR": str(self.directory),
+            "OS_AUTH_TOKEN": token.value,
+            "OS_STORAGE_URL": token.storage_url,
+        }
+
+
+def update_section(path: Path, name: str, section: str) -> None:
+    """Rewrite one section of a user's own rclone.conf under a lock, the rest untouched.
+
+    Two jobs of one user renew at their own times; the lock makes each read-modify-write
+    see the other's result instead of losing it.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with locked(path):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = ""
+        write_atomic(path, replace_section(text, name, section))

@@ -1,0 +1,1 @@
+"""One module per allasrun command; the CLI parses options and calls their `run`."""

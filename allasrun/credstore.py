@@ -1,0 +1,71 @@
+"""Application credentials saved by `allasrun login`: one 0600 JSON file per project."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+from allasrun.atomicfile import private_dir, write_atomic
+from allasrun.errors import UsageError
+from allasrun.paths import check_private
+from allasrun.plan import AppCredential
+
+
+@dataclass(frozen=True)
+class StoredCredential:
+    """What `login` keeps: enough to authenticate later and to revoke it on the next login."""
+
+    auth_url: str
+    project_name: str
+    project_id: str
+    user_id: str
+    id: str
+    secret: str
+    name: str
+    expires_at: str
+
+    def credential(self, path: Path) -> AppCredential:
+        """The secret in the form the keeper uses, naming its file as its origin."""
+        return AppCredential(self.id, self.secret, f"stored by 'allasrun login' in {path}")
+
+
+def path_for(directory: Path, project_name: str) -> Path:
+    """One file per project, so several projects can be logged in at once."""
+    return directory / "credentials" / f"{project_name}.json"
+
+
+def load(
+    directory: Path, project_name: Optional[str], auth_url: str
+) -> Optional[tuple[Path, StoredCredential]]:
+    """The stored credential for this project and Keystone, if there is one.
+
+    Without OS_PROJECT_NAME, a single stored credential is used; with several, none is
+    guessed. A file for another Keystone is not used.
+    """
+    if project_name:
+        candidates = [path_for(directory, project_name)]
+    else:
+        candidates = sorted((directory / "credentials").glob("*.json"))
+        if len(candidates) != 1:
+            return None
+    path = candidates[0]
+    if not path.exists():
+        return None
+    check_private(path)
+    try:
+        stored = StoredCredential(**json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"{path}: not a credentials file written by 'allasrun login' ({error})") from None
+    if stored.auth_url.rstrip("/") != auth_url.rstrip("/"):
+        return None
+    return path, stored
+
+
+def save(directory: Path, stored: StoredCredential) -> Path:
+    """Write the credential 0600 in a 0700 directory, replacing any earlier one atomically."""
+    path = path_for(directory, stored.project_name)
+    private_dir(path.parent)
+    write_atomic(path, json.dumps(asdict(stored), indent=2) + "\n")
+    return path

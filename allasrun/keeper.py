@@ -1,0 +1,176 @@
+"""The keeper: turns credentials into tokens, and keeps the client files holding a live one.
+
+A background thread sleeps until the renewal point, renews, rewrites the files, and on
+failure retries with backoff for as long as the job runs. Nothing it does can end the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
+
+from allasrun.clientfiles import ClientFiles
+from allasrun.errors import AllasrunError
+from allasrun.plan import ExistingToken, Secret, Target
+from allasrun.token import Token
+from allasrun.tokencache import TokenCache
+
+log = logging.getLogger("allasrun")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When to renew, and how to back off.
+
+    By default a token is renewed at half its life (HTCondor's choice): an 8-hour Allas
+    token every ~4 h, a 90-second test token every ~45 s, and a client that reads the files
+    at any moment gets at least that much time. Jitter spreads many keepers apart.
+    """
+
+    margin: Optional[float] = None
+    jitter: float = 0.1
+    retry_first: float = 1.0
+    retry_max: float = 60.0
+
+    def margin_for(self, token: Token) -> float:
+        """Seconds that must be left on a token; never more than 3/4 of its life."""
+        half = token.lifetime / 2
+        if self.margin is None:
+            return half
+        return min(self.margin, token.lifetime * 0.75)
+
+    def fresh_enough(self, token: Token, now: float) -> bool:
+        """Whether a cached token may be used as it is rather than renewed."""
+        return token.remaining(now) > self.margin_for(token)
+
+    def renew_at(self, token: Token, spread: float) -> float:
+        """The moment to renew, `spread` in [0, 1) choosing a point within the jitter."""
+        margin = self.margin_for(token)
+        return token.expires_at - margin - margin * self.jitter * spread
+
+    def retry_delay(self, attempt: int) -> float:
+        """Exponential backoff: 1, 2, 4 ... seconds, capped (k5start retries every minute)."""
+        return float(min(self.retry_max, self.retry_first * 2 ** (attempt - 1)))
+
+
+def obtain(
+    target: Target,
+    secret: Secret,
+    cache: Optional[TokenCache],
+    schedule: Schedule,
+    replacing: Optional[Token] = None,
+) -> Token:
+    """A token with enough life left: from the cache if another run left one, else Keystone.
+
+    When renewing, `replacing` is the token in hand: a cached token only counts if it
+    outlives that one, i.e. another process on this node renewed first.
+    """
+    # Imported here: keystoneauth costs ~100 ms, which a run served by the cache never pays.
+    from allasrun import keystone
+
+    if cache is None or isinstance(secret, ExistingToken):
+        return keystone.authenticate(target, secret)
+    with cache.exclusive():
+        cached = cache.load()
+        newer = replacing is None or (cached is not None and cached.expires_at > replacing.expires_at)
+        if cached is not None and newer and schedule.fresh_enough(cached, time.time()):
+            log.debug("using the cached token (expires %s)", cached.expiry_text())
+            return cached
+        token = keystone.authenticate(target, secret)
+        cache.store(token)
+        return token
+
+
+class Keeper:
+    """Owns the current token and the renewal thread."""
+
+    def __init__(
+        self,
+        token: Token,
+        renew: Callable[[Token], Token],
+        files: ClientFiles,
+        schedule: Schedule,
+    ) -> None:
+        self.token = token
+        self.renewals = 0
+        self._renew = renew
+        self._files = files
+        self._schedule = schedule
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="allasrun-keeper", daemon=True)
+
+    def start(self) -> None:
+        """Start renewing in the background; a token that cannot be renewed is only watched."""
+        if not self.token.renewable:
+            log.warning(
+                "the token from OS_AUTH_TOKEN cannot be renewed: it expires at %s (in %s)",
+                self.token.expiry_text(),
+                _duration(self.token.remaining(time.time())),
+            )
+            return
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread; a renewal in flight finishes its file writes first."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        attempt = 0
+        while True:
+            now = time.time()
+            if attempt == 0:
+                delay = self._schedule.renew_at(self.token, random.random()) - now
+            else:
+                delay = self._schedule.retry_delay(attempt)
+            if self._stopping.wait(max(delay, 0.0)):
+                return
+            try:
+                token = self._renew(self.token)
+                self._files.write(token)
+            except (AllasrunError, OSError) as error:
+                attempt += 1
+                self._report_failure(attempt, error)
+                continue
+            except Exception as error:  # a bug must not end the job: log it and retry
+                attempt += 1
+                log.exception("renewal attempt %d failed unexpectedly: %s", attempt, error)
+                continue
+            attempt = 0
+            self.token = token
+            self.renewals += 1
+            log.info(
+                "renewed token (%d); expires %s (in %s)",
+                self.renewals,
+                token.expiry_text(),
+                _duration(token.remaining(time.time())),
+            )
+
+    def _report_failure(self, attempt: int, error: Exception) -> None:
+        left = self.token.remaining(time.time())
+        state = f"current token expires in {_duration(left)}" if left > 0 else "current token has EXPIRED"
+        log.warning(
+            "renewal attempt %d failed: %s; %s; retrying in %s",
+            attempt,
+            error,
+            state,
+            _duration(self._schedule.retry_delay(attempt)),
+        )
+
+
+def _duration(seconds: float) -> str:
+    """`1h02m`, `3m05s` or `42s`: short enough for a log line."""
+    whole = int(max(seconds, 0))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"

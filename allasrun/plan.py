@@ -1,0 +1,139 @@
+"""The plan: who to authenticate as, where, and with which secret, built from the environment.
+
+Plain dataclasses and pure functions only, no I/O: the CLI reads files and the terminal and
+passes what it found in, so every precedence rule here is testable without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from allasrun.errors import NoCredentials
+
+# CSC's defaults, as allas-conf uses them, so a user with only OS_PROJECT_NAME set is served.
+DEFAULT_AUTH_URL = "https://pouta.csc.fi:5001/v3"
+DEFAULT_DOMAIN = "Default"
+DEFAULT_INTERFACE = "public"
+
+# Variables that carry a secret: none of them is passed on to the job's command.
+SECRET_VARIABLES = (
+    "OS_PASSWORD",
+    "OS_APPLICATION_CREDENTIAL_SECRET",
+    "OS_APPLICATION_CREDENTIAL_ID",
+    "OS_APPLICATION_CREDENTIAL_NAME",
+)
+
+
+@dataclass(frozen=True)
+class AppCredential:
+    """A Keystone application credential: renewable without the user's password."""
+
+    id: str
+    secret: str = ""
+    origin: str = "environment"
+
+
+@dataclass(frozen=True)
+class Password:
+    """The user's password; renewable, but never written anywhere and never passed on."""
+
+    value: str
+    origin: str = "OS_PASSWORD"
+
+
+@dataclass(frozen=True)
+class ExistingToken:
+    """A token someone else obtained (OS_AUTH_TOKEN): usable until it expires, never renewable."""
+
+    value: str
+    storage_url: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class AskPassword:
+    """No secret was found but a terminal is attached: the CLI asks for the password."""
+
+
+Secret = Union[AppCredential, Password, ExistingToken]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and as whom to authenticate: everything but the secret."""
+
+    auth_url: str
+    project_name: Optional[str]
+    username: str
+    user_domain: str = DEFAULT_DOMAIN
+    project_domain: str = DEFAULT_DOMAIN
+    region: Optional[str] = None
+    interface: str = DEFAULT_INTERFACE
+    storage_url: Optional[str] = None
+
+    def describe(self) -> str:
+        """A human name for error messages: user, project and Keystone, never a secret."""
+        project = self.project_name or "the application credential's project"
+        return f"user {self.username!r}, project {project!r} at {self.auth_url}"
+
+
+def target_from_env(
+    env: Mapping[str, str],
+    login_name: str,
+    storage_url: Optional[str] = None,
+) -> Target:
+    """Read the OpenStack variables exactly as allas-conf and the OpenStack clients name them."""
+    return Target(
+        auth_url=env.get("OS_AUTH_URL") or DEFAULT_AUTH_URL,
+        project_name=env.get("OS_PROJECT_NAME") or None,
+        username=env.get("OS_USERNAME") or login_name,
+        user_domain=env.get("OS_USER_DOMAIN_NAME") or DEFAULT_DOMAIN,
+        project_domain=env.get("OS_PROJECT_DOMAIN_NAME") or DEFAULT_DOMAIN,
+        region=env.get("OS_REGION_NAME") or None,
+        interface=env.get("OS_INTERFACE") or DEFAULT_INTERFACE,
+        storage_url=storage_url,
+    )
+
+
+def choose_secret(
+    env: Mapping[str, str],
+    stored: Optional[AppCredential],
+    can_prompt: bool,
+) -> Union[Secret, AskPassword]:
+    """Pick the most durable secret available.
+
+    Order: an application credential from the environment, then one stored by
+    `allasrun login`, then OS_PASSWORD (as `allas-conf -k` leaves it), then a password typed
+    at the terminal, and last OS_AUTH_TOKEN, which cannot be renewed and so comes last.
+    """
+    cred_id = env.get("OS_APPLICATION_CREDENTIAL_ID")
+    cred_secret = env.get("OS_APPLICATION_CREDENTIAL_SECRET")
+    if cred_id and cred_secret:
+        return AppCredential(cred_id, cred_secret, "OS_APPLICATION_CREDENTIAL_ID/_SECRET")
+    if stored is not None:
+        return stored
+    password = env.get("OS_PASSWORD")
+    if password:
+        return Password(password)
+    if can_prompt:
+        return AskPassword()
+    token = env.get("OS_AUTH_TOKEN")
+    if token:
+        return ExistingToken(token, env.get("OS_STORAGE_URL") or None)
+    raise NoCredentials(
+        "no credentials: set OS_PASSWORD (allas-conf -k), run 'allasrun login', "
+        "export OS_APPLICATION_CREDENTIAL_ID and _SECRET, or run from a terminal"
+    )
+
+
+def child_environment(
+    env: Mapping[str, str],
+    additions: Mapping[str, str],
+    keep_password: bool = False,
+) -> dict[str, str]:
+    """The job command's environment: ours, less every secret, plus the keeper's variables."""
+    removed = {name for name in SECRET_VARIABLES if not (keep_password and name == "OS_PASSWORD")}
+    child = {name: value for name, value in env.items() if name not in removed}
+    child.update(additions)
+    return child
