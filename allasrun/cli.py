@@ -90,7 +90,7 @@ def exec_command(
     raise typer.Exit(launch.run(options, os.environ))
 
 
-@app.command(help="Store an application credential so later runs need no password.")
+@app.command("login", help="Store an application credential so later runs need no password.")
 def login(
     days: Annotated[float, typer.Option(metavar="DAYS", help="Days until the credential expires.")] = 30.0,
     verbose: Verbose = False,
@@ -102,7 +102,7 @@ def login(
     typer.echo(login_command.run(os.environ, days), nl=False)
 
 
-@app.command(help='Print export lines with a fresh token: eval "$(allasrun env)".')
+@app.command("env", help='Print export lines with a fresh token: eval "$(allasrun env)".')
 def env(renew_margin: Margin = None, verbose: Verbose = False, quiet: Quiet = False) -> None:
     from allasrun.commands import env as env_command
 
@@ -110,7 +110,7 @@ def env(renew_margin: Margin = None, verbose: Verbose = False, quiet: Quiet = Fa
     typer.echo(env_command.run(os.environ, Schedule(margin=renew_margin)), nl=False)
 
 
-@app.command(help="Show user, project, storage URL, token expiry and files in use.")
+@app.command("status", help="Show user, project, storage URL, token expiry and files in use.")
 def status(renew_margin: Margin = None, verbose: Verbose = False, quiet: Quiet = False) -> None:
     from allasrun.commands import status as status_command
 

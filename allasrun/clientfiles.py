@@ -27,10 +27,11 @@ def rclone_section(
 ) -> str:
     """The `[remote]` section of rclone's swift backend.
 
-    The current token and storage URL are always there, so an rclone call costs Keystone
-    nothing. With an application credential the section also carries it: rclone (1.60 too)
-    then re-authenticates by itself when a long transfer outlives the token. A password is
-    never written.
+    With an application credential the section holds only that: rclone authenticates at
+    start and again on a 401, so one transfer can outlive any token. (rclone 1.60 never
+    re-authenticates when `auth_token` is also set, as the long-copy test showed, so the
+    token is not added.) Without one, the current token is pinned and rewritten at every
+    renewal. A password is never written.
     """
     keys: dict[str, str] = {"type": "swift", "env_auth": "false"}
     if credential is not None:
@@ -43,7 +44,8 @@ def rclone_section(
         )
         if target.region:
             keys["region"] = target.region
-    keys.update(auth_token=token.value, storage_url=token.storage_url)
+    else:
+        keys.update(auth_token=token.value, storage_url=token.storage_url)
     body = "".join(f"{key} = {value}\n" for key, value in keys.items())
     return f"[{remote}]\n{body}"
 

@@ -9,11 +9,12 @@ are left, which the keeper's own schedule already decides better.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Union
 
+from keystoneauth1 import access
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import session as ks_session
-from keystoneauth1.access.access import AccessInfoV3
+from keystoneauth1.access.access import AccessInfo, AccessInfoV3
 from keystoneauth1.identity import v3
 
 from allasrun.errors import (
@@ -29,27 +30,33 @@ TIMEOUT = 30.0
 
 
 def authenticate(target: Target, secret: Secret) -> Token:
-    """Get a new project-scoped token and the Swift storage URL from its catalog."""
-    plugin = _plugin(target, secret)
+    """Get a new project-scoped token and the Swift storage URL from its catalog.
+
+    An existing token is validated instead: Keystone refuses to exchange a token that came
+    from an application credential for another one, but tells its owner when it expires.
+    """
     try:
-        access = plugin.get_auth_ref(ks_session.Session(timeout=TIMEOUT))
+        if isinstance(secret, ExistingToken):
+            auth = _validate(target, secret)
+        else:
+            auth = _plugin(target, secret).get_auth_ref(ks_session.Session(timeout=TIMEOUT))
     except ks_exc.ClientException as error:
         _raise_mapped(error, target, "authenticate")
-    if not isinstance(access, AccessInfoV3) or access.expires is None or access.auth_token is None:
+    if not isinstance(auth, AccessInfoV3) or auth.expires is None or auth.auth_token is None:
         raise KeystoneUnreachable(f"Keystone at {target.auth_url} returned no usable v3 token")
     storage_url = target.storage_url
     if storage_url is None and isinstance(secret, ExistingToken):
         storage_url = secret.storage_url
     if storage_url is None:
-        storage_url = _storage_url(access, target)
-    issued = access.issued.timestamp() if access.issued else datetime.now(timezone.utc).timestamp()
+        storage_url = _storage_url(auth, target)
+    issued = auth.issued.timestamp() if auth.issued else datetime.now(timezone.utc).timestamp()
     return Token(
-        value=access.auth_token,
+        value=auth.auth_token,
         issued_at=issued,
-        expires_at=access.expires.timestamp(),
+        expires_at=auth.expires.timestamp(),
         storage_url=storage_url,
-        project_id=access.project_id or "",
-        user_id=access.user_id or "",
+        project_id=auth.project_id or "",
+        user_id=auth.user_id or "",
         renewable=not isinstance(secret, ExistingToken),
         app_credential_id=secret.id if isinstance(secret, AppCredential) else None,
     )
@@ -90,7 +97,15 @@ def _request(target: Target, token: Token, method: str, path: str, body: dict[st
         _raise_mapped(error, target, f"{method} {path}")
 
 
-def _plugin(target: Target, secret: Secret) -> v3.Auth:
+def _validate(target: Target, secret: ExistingToken) -> AccessInfo:
+    """Ask Keystone about a token we hold (GET /v3/auth/tokens): expiry, project, catalog."""
+    session = ks_session.Session(timeout=TIMEOUT)
+    headers = {"X-Auth-Token": secret.value, "X-Subject-Token": secret.value}
+    response = session.get(target.auth_url.rstrip("/") + "/auth/tokens", headers=headers)
+    return access.create(resp=response, body=response.json())
+
+
+def _plugin(target: Target, secret: Union[AppCredential, Password]) -> v3.Auth:
     if isinstance(secret, AppCredential):
         return v3.ApplicationCredential(
             auth_url=target.auth_url,
@@ -102,8 +117,7 @@ def _plugin(target: Target, secret: Secret) -> v3.Auth:
             "OS_PROJECT_NAME is not set: name the Allas project (for example "
             "export OS_PROJECT_NAME=project_2001234)"
         )
-    if isinstance(secret, Password):
-        return v3.Password(
+    return v3.Password(
             auth_url=target.auth_url,
             username=target.username,
             password=secret.value,
@@ -111,18 +125,12 @@ def _plugin(target: Target, secret: Secret) -> v3.Auth:
             project_name=target.project_name,
             project_domain_name=target.project_domain,
         )
-    return v3.Token(
-        auth_url=target.auth_url,
-        token=secret.value,
-        project_name=target.project_name,
-        project_domain_name=target.project_domain,
-    )
 
 
-def _storage_url(access: AccessInfoV3, target: Target) -> str:
+def _storage_url(auth: AccessInfoV3, target: Target) -> str:
     where = f"interface {target.interface!r}" + (f", region {target.region!r}" if target.region else "")
     try:
-        url = access.service_catalog.url_for(
+        url = auth.service_catalog.url_for(
             service_type="object-store", interface=target.interface, region_name=target.region
         )
     except (ks_exc.EndpointNotFound, ks_exc.EmptyCatalog):

@@ -79,7 +79,7 @@ def build_rings(state: Path) -> None:
     Uses Swift's RingBuilder in this process (about 0.5 s, against about 4 s for
     nine ``swift-ring-builder`` runs).
     """
-    from swift.common.ring import RingBuilder  # type: ignore[import-not-found]
+    from swift.common.ring import RingBuilder  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
     conf = read_stack_conf(state)
     swift_dir = state / "swift"
@@ -109,8 +109,8 @@ def authenticate(auth_url: str, user: str, password: str, project: str) -> Any:
     re-authenticate before every request (``MIN_TOKEN_LIFE_SECONDS``), so the
     token is taken once and reused through :func:`client_for`.
     """
-    from keystoneauth1 import session  # type: ignore[import-not-found]
-    from keystoneauth1.identity import v3  # type: ignore[import-not-found]
+    from keystoneauth1 import session  # type: ignore[import-not-found, import-untyped, unused-ignore]
+    from keystoneauth1.identity import v3  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
     auth = v3.Password(
         auth_url=auth_url,
@@ -126,30 +126,35 @@ def authenticate(auth_url: str, user: str, password: str, project: str) -> Any:
 def client_for(auth_url: str, token: str) -> Any:
     """Return a keystoneclient v3 Client that sends ``token`` to ``auth_url``."""
     from keystoneauth1 import session, token_endpoint
-    from keystoneclient.v3 import client  # type: ignore[import-not-found]
+    from keystoneclient.v3 import client  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
     sess = session.Session(auth=token_endpoint.Token(auth_url, token))
     return client.Client(session=sess)
 
 
-def create_user_in_project(ks: Any, user: str, password: str, project: str, role: str) -> tuple[str, str]:
+def create_user_in_project(
+    ks: Any, roles: dict[str, str], user: str, password: str, project: str, role: str
+) -> tuple[str, str]:
     """Create ``project`` and ``user`` in the default domain and grant ``role``.
 
-    Returns ``(user_id, project_id)``.
+    ``roles`` maps role names to ids. Ids (not keystoneclient objects) are
+    passed on, since the objects fetch themselves again lazily. Returns
+    ``(user_id, project_id)``.
     """
-    proj = ks.projects.create(name=project, domain=KEYSTONE_DOMAIN)
-    usr = ks.users.create(name=user, domain=KEYSTONE_DOMAIN, password=password, default_project=proj)
-    role_ref = ks.roles.list(name=role)[0]
-    ks.roles.grant(role_ref, user=usr, project=proj)
-    return usr.id, proj.id
+    project_id = ks.projects.create(name=project, domain=KEYSTONE_DOMAIN).id
+    user_id = ks.users.create(
+        name=user, domain=KEYSTONE_DOMAIN, password=password, default_project=project_id
+    ).id
+    ks.roles.grant(roles[role], user=user_id, project=project_id)
+    return user_id, project_id
 
 
 def register_swift(ks: Any, proxy_port: str) -> None:
     """Register service ``swift`` (object-store) with public/internal/admin endpoints."""
-    service = ks.services.create(name="swift", type="object-store", description="mini-Allas Swift")
+    service_id = ks.services.create(name="swift", type="object-store", description="mini-Allas Swift").id
     url = f"http://127.0.0.1:{proxy_port}/v1/AUTH_%(project_id)s"
     for interface in ("public", "internal", "admin"):
-        ks.endpoints.create(service=service, url=url, interface=interface, region=REGION)
+        ks.endpoints.create(service=service_id, url=url, interface=interface, region=REGION)
 
 
 def create_user_credentials(ks: Any, user_id: str, project_id: str) -> dict[str, str]:
@@ -182,9 +187,10 @@ def bootstrap_keystone(state: Path) -> None:
     admin = authenticate(auth_url, "admin", conf["ADMIN_PASSWORD"], "admin")
     ks_admin = client_for(auth_url, admin.auth_token)
 
-    create_user_in_project(ks_admin, "swift", conf["SWIFT_PASSWORD"], "service", "admin")
+    roles = {role.name: role.id for role in ks_admin.roles.list()}
+    create_user_in_project(ks_admin, roles, "swift", conf["SWIFT_PASSWORD"], "service", "admin")
     user_id, project_id = create_user_in_project(
-        ks_admin, conf["USER_NAME"], conf["USER_PASSWORD"], conf["PROJECT_NAME"], "member"
+        ks_admin, roles, conf["USER_NAME"], conf["USER_PASSWORD"], conf["PROJECT_NAME"], "member"
     )
     register_swift(ks_admin, conf["PROXY_PORT"])
 

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 from allasrun.clientfiles import ClientFiles, update_section
-from allasrun.plan import AppCredential, Target
+from allasrun.plan import Target
 from allasrun.token import Token
 
 REWRITES = 300
@@ -47,7 +47,7 @@ def token(n: int) -> Token:
 
 
 def test_reader_never_sees_a_torn_file(tmp_path: Path) -> None:
-    files = ClientFiles(tmp_path, "allas", Target("http://ks/v3", "p", "u"), AppCredential("i", "s"))
+    files = ClientFiles(tmp_path, "allas", Target("http://ks/v3", "p", "u"), None)
     files.write(token(0))
     stop = tmp_path / "stop"
     reader = subprocess.Popen(

@@ -1,0 +1,141 @@
+"""Helpers for tests against the real stack: its facts, a user's environment, running allasrun."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from keystoneauth1 import session as ks_session
+from keystoneauth1.identity import v3
+
+ROOT = Path(__file__).resolve().parents[2]
+ALLASRUN = [sys.executable, "-m", "allasrun"]
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What the running stack told us, and a few things tests ask it directly."""
+
+    env: Mapping[str, str]
+
+    @property
+    def ttl(self) -> int:
+        return int(self.env["MINI_ALLAS_TOKEN_TTL"])
+
+    def keystone_requests(self, needle: str = "POST /v3/auth/tokens") -> int:
+        """How many matching requests Keystone has logged so far."""
+        text = Path(self.env["MINI_ALLAS_KEYSTONE_LOG"]).read_text(errors="replace")
+        return text.count(needle)
+
+    def user_session(self) -> ks_session.Session:
+        """A keystoneauth session as the stack's user, for checks made beside allasrun."""
+        auth = v3.Password(
+            auth_url=self.env["OS_AUTH_URL"],
+            username=self.env["OS_USERNAME"],
+            password=self.env["OS_PASSWORD"],
+            user_domain_name="Default",
+            project_name=self.env["OS_PROJECT_NAME"],
+            project_domain_name="Default",
+        )
+        return ks_session.Session(auth=auth)
+
+    def app_credential_exists(self, credential_id: str) -> bool:
+        """Ask Keystone whether an application credential of the user still exists."""
+        session = self.user_session()
+        url = f"{self.env['OS_AUTH_URL']}/users/{self.env['MINI_ALLAS_USER_ID']}/application_credentials"
+        response = session.get(f"{url}/{credential_id}", raise_exc=False)
+        assert response.status_code in (200, 404), response.text
+        return response.status_code == 200
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse `export NAME=value` lines (values shell-quoted) without running a shell."""
+    env: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("export "):
+            name, _, value = line[len("export ") :].partition("=")
+            env[name] = shlex.split(value)[0] if value else ""
+    return env
+
+
+USER_VARIABLES = (
+    "OS_AUTH_URL",
+    "OS_IDENTITY_API_VERSION",
+    "OS_USERNAME",
+    "OS_PROJECT_NAME",
+    "OS_USER_DOMAIN_NAME",
+    "OS_PROJECT_DOMAIN_NAME",
+    "OS_REGION_NAME",
+    "OS_INTERFACE",
+)
+
+
+def user_env(stack: Stack, home: Path, **extra: str) -> dict[str, str]:
+    """The environment a user has after `allas-conf -k`: OS_* and a password, nothing of ours."""
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "ALLASRUN_RUNTIME_DIR": str(home / "run"),
+        "MINI_ALLAS_KEYSTONE_LOG": stack.env["MINI_ALLAS_KEYSTONE_LOG"],
+    }
+    env.update({name: stack.env[name] for name in USER_VARIABLES})
+    env["OS_PASSWORD"] = stack.env["OS_PASSWORD"]
+    env.update(extra)
+    return env
+
+
+def app_credential_env(stack: Stack, home: Path) -> dict[str, str]:
+    """A user who exported the stack's application credential instead of a password."""
+    env = user_env(stack, home)
+    del env["OS_PASSWORD"]
+    env["OS_APPLICATION_CREDENTIAL_ID"] = stack.env["MINI_ALLAS_APP_CRED_ID"]
+    env["OS_APPLICATION_CREDENTIAL_SECRET"] = stack.env["MINI_ALLAS_APP_CRED_SECRET"]
+    return env
+
+
+def allasrun(
+    args: Sequence[str], env: Mapping[str, str], timeout: float = 120, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run allasrun as a user would, capturing its output."""
+    return subprocess.run(
+        [*ALLASRUN, *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        **kwargs,
+    )
+
+
+def secrets_of(stack: Stack) -> list[str]:
+    """Strings that must never appear in output, argv or a file readable by others."""
+    return [stack.env["OS_PASSWORD"], stack.env["MINI_ALLAS_APP_CRED_SECRET"]]
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns a true value; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def make_bucket(stack: Stack, name: str) -> None:
+    """Create a container (idempotent) through Swift directly, as the stack's user."""
+    session = stack.user_session()
+    token: Optional[str] = session.get_token()
+    response = session.put(f"{stack.env['OS_STORAGE_URL']}/{name}", headers={"X-Auth-Token": token or ""})
+    assert response.status_code in (201, 202), response.text
