@@ -118,13 +118,13 @@ def _plugin(target: Target, secret: Union[AppCredential, Password]) -> v3.Auth:
             "export OS_PROJECT_NAME=project_2001234)"
         )
     return v3.Password(
-            auth_url=target.auth_url,
-            username=target.username,
-            password=secret.value,
-            user_domain_name=target.user_domain,
-            project_name=target.project_name,
-            project_domain_name=target.project_domain,
-        )
+        auth_url=target.auth_url,
+        username=target.username,
+        password=secret.value,
+        user_domain_name=target.user_domain,
+        project_name=target.project_name,
+        project_domain_name=target.project_domain,
+    )
 
 
 def _storage_url(auth: AccessInfoV3, target: Target) -> str:
