@@ -1,18 +1,21 @@
 """Running the job command like a small init (tini): spawn, forward signals, reap, report.
 
 Signals are blocked in allasrun and collected with sigwaitinfo, so none is lost between
-spawning and waiting, and the keeper thread (started after the spawn) never receives one.
+spawning and waiting, and the keeper's and stager's threads (started after the fork, so
+they inherit the mask) never receive one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import json
 import os
 import shutil
 import signal
-import subprocess
 from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
 from allasrun.errors import CommandNotExecutable, CommandNotFound
 
@@ -30,6 +33,8 @@ FORWARDED = (
 _TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
 _SI_KERNEL = 0x80
 _PR_SET_PDEATHSIG = 1
+# Python ignores these; a command must start with the default action, as from a shell.
+_RESTORED = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 def resolve(command: str, env: Mapping[str, str]) -> str:
@@ -50,37 +55,79 @@ def resolve(command: str, env: Mapping[str, str]) -> str:
 
 
 class Supervisor:
-    """One child process, its signals and its exit status."""
+    """One child process, its signals and its exit status.
+
+    The child is forked early, while allasrun still has a single thread, and waits on a
+    pipe; `start` later sends it the final environment and it execs the command. Staging
+    and the keeper can then run threads before the command starts without the hazards of
+    forking a threaded process.
+    """
 
     def __init__(self) -> None:
         self._watched = {*FORWARDED, signal.SIGCHLD}
         self._prctl = ctypes.CDLL(None, use_errno=True).prctl
         self._pid = 0
+        self._go = -1
+        self._errors = -1
 
-    def spawn(self, executable: str, argv: Sequence[str], env: Mapping[str, str]) -> int:
-        """Block our signals, then start the command with a clean mask and a death signal."""
+    def prepare(self, executable: str, argv: Sequence[str]) -> int:
+        """Block our signals and fork the child that will become the command."""
         signal.pthread_sigmask(signal.SIG_BLOCK, self._watched)
+        go_read, self._go = os.pipe()
+        self._errors, error_write = os.pipe()  # close-on-exec: EOF means exec succeeded
         parent = os.getpid()
-        prctl = self._prctl
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+            self._become(parent, go_read, error_write, executable, argv)
+        os.close(go_read)
+        os.close(error_write)
+        self._pid = pid
+        return pid
 
-        def in_child() -> None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    def _become(
+        self, parent: int, go_read: int, error_write: int, executable: str, argv: Sequence[str]
+    ) -> NoReturn:
+        """In the child: die with allasrun, wait for the go, then exec with a clean slate."""
+        code = 127
+        try:
+            os.close(self._go)
+            os.close(self._errors)
             # If allasrun is SIGKILLed the kernel kills the command too: no orphaned job.
-            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            self._prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != parent:  # allasrun died before prctl took effect
                 os._exit(128 + signal.SIGKILL)
+            payload = _read_all(go_read)
+            code = 0  # an empty payload: abandoned, the command is not to run
+            if payload:
+                for number in _RESTORED:
+                    signal.signal(number, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, set())
+                os.execve(executable, list(argv), json.loads(payload))
+        except OSError as error:
+            code = 127
+            os.write(error_write, str(error.errno).encode())
+        finally:
+            os._exit(code)
 
-        # preexec_fn is safe here: no other thread exists yet (the keeper starts after this).
-        process = subprocess.Popen(
-            list(argv),
-            executable=executable,
-            env=dict(env),
-            preexec_fn=in_child,  # noqa: PLW1509
-        )
-        # We reap the child ourselves; tell Popen so it does not warn about a running process.
-        process.returncode = 0
-        self._pid = process.pid
-        return self._pid
+    def start(self, env: Mapping[str, str]) -> None:
+        """Let the child exec the command with `env`; raise 126/127 errors if exec failed."""
+        os.write(self._go, json.dumps(dict(env)).encode())
+        os.close(self._go)
+        failure = _read_all(self._errors)
+        os.close(self._errors)
+        if failure:
+            os.waitpid(self._pid, 0)
+            number = int(failure)
+            message = f"cannot execute: {os.strerror(number)}"
+            if number == errno.ENOENT:
+                raise CommandNotFound(message)
+            raise CommandNotExecutable(message)
+
+    def abandon(self) -> None:
+        """Tell the waiting child to exit without running the command, and reap it."""
+        os.close(self._go)
+        os.close(self._errors)
+        os.waitpid(self._pid, 0)
 
     def wait(self) -> int:
         """Forward signals until the child exits; its status, or 128+N if signal N killed it."""
@@ -116,3 +163,11 @@ class Supervisor:
             if pid == self._pid:
                 code = os.waitstatus_to_exitcode(status)
                 result = code if code >= 0 else 128 - code
+
+
+def _read_all(fd: int) -> bytes:
+    """Read a pipe to its end (the writer closed it, or exec closed it for us)."""
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)

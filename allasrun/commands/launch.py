@@ -93,12 +93,8 @@ def _supervise(
     user_config = paths.user_rclone_config(env) if options.update_user_config else None
     files = ClientFiles(directory, options.remote, identity.target, credential, user_config)
     files.write(token)
-    child_env = child_environment(env, files.environment(token), options.keep_password)
     supervisor = launcher.Supervisor()
-    pid = supervisor.spawn(executable, options.command, child_env)
-    log.info(
-        "started %s (pid %d); rclone remote '%s:' in %s", executable, pid, options.remote, files.directory
-    )
+    pid = supervisor.prepare(executable, options.command)
 
     def renew(current: Token) -> Token:
         fresh = obtain(identity.target, identity.secret, cache, options.schedule, replacing=current)
@@ -107,6 +103,10 @@ def _supervise(
 
     keeper = Keeper(token, renew, files, options.schedule)
     keeper.start()
+    supervisor.start(child_environment(env, files.environment(keeper.token), options.keep_password))
+    log.info(
+        "started %s (pid %d); rclone remote '%s:' in %s", executable, pid, options.remote, files.directory
+    )
     status = supervisor.wait()
     keeper.stop()
     log.info("%s exited with status %d after %d renewal(s)", options.command[0], status, keeper.renewals)

@@ -41,6 +41,14 @@ def test_exit_status_is_the_commands(stack: Stack, home: Path, command: list[str
     assert result.returncode == expected, result.stderr
 
 
+def test_command_starts_with_default_sigpipe(stack: Stack, home: Path) -> None:
+    # Python ignores SIGPIPE; a command inheriting that would print "Broken pipe" errors.
+    result = allasrun(["--", "sh", "-c", "yes | head -n 1"], app_credential_env(stack, home))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "y\n"
+    assert "Broken pipe" not in result.stderr
+
+
 def test_not_found_and_not_executable(stack: Stack, home: Path, tmp_path: Path) -> None:
     env = app_credential_env(stack, home)
     before = stack.keystone_requests()
