@@ -7,6 +7,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 
@@ -73,6 +74,7 @@ def test_status_says_who_where_and_until_when(stack: Stack, home: Path) -> None:
     assert stack.env["MINI_ALLAS_APP_CRED_ID"] in report["credential"]
 
 
+@pytest.mark.exclusive
 def test_cached_token_spares_keystone(stack: Stack, home: Path) -> None:
     env = app_credential_env(stack, home)
     assert allasrun(["--", "true"], env).returncode == 0
@@ -83,6 +85,7 @@ def test_cached_token_spares_keystone(stack: Stack, home: Path) -> None:
     assert stack.keystone_requests() == before + 1
 
 
+@pytest.mark.exclusive
 def test_many_tasks_starting_together_authenticate_once(stack: Stack, home: Path) -> None:
     env = app_credential_env(stack, home)
     before = stack.keystone_requests()

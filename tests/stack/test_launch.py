@@ -49,6 +49,7 @@ def test_command_starts_with_default_sigpipe(stack: Stack, home: Path) -> None:
     assert "Broken pipe" not in result.stderr
 
 
+@pytest.mark.exclusive
 def test_not_found_and_not_executable(stack: Stack, home: Path, tmp_path: Path) -> None:
     env = app_credential_env(stack, home)
     before = stack.keystone_requests()
