@@ -4,16 +4,20 @@
 subcommand name runs `exec`.
 """
 
+import getpass
 import os
 import sys
+from dataclasses import replace
+from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
 from allasrun import __version__
 from allasrun import log as logsetup
-from allasrun.errors import AllasrunError
+from allasrun.errors import AllasrunError, UsageError
 from allasrun.keeper import Schedule
+from allasrun.stageplan import StagePlan
 
 app = typer.Typer(
     add_completion=False,
@@ -21,11 +25,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
-    help="Keep an Allas (Keystone + Swift) token alive for as long as a batch job runs.",
+    help="Keep an Allas (Keystone + Swift) token alive for as long as a batch job runs.\n\n"
+    "allasrun [OPTIONS] -- CMD runs CMD (see 'allasrun exec -h' for OPTIONS); "
+    "allasrun run [OPTIONS] SCRIPT [ARGS] runs a job script with its #ALLAS stage-in/stage-out.",
 )
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also log debug detail.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Log only warnings and errors.")]
+Threads = Annotated[
+    Optional[int], typer.Option(min=1, metavar="N", help="Parallel transfers (default 8, or #ALLAS option).")
+]
+SegmentSize = Annotated[
+    Optional[str],
+    typer.Option(metavar="SIZE", help="Upload files larger than this as segments, e.g. 64M (default 5G)."),
+]
+Report = Annotated[Optional[str], typer.Option(metavar="FILE", help="Write a JSON report of every transfer.")]
 Margin = Annotated[
     Optional[float],
     typer.Option(
@@ -70,13 +84,27 @@ def exec_command(
     ] = None,
     cache: Annotated[bool, typer.Option(help="Reuse a still-valid token from an earlier run.")] = True,
     renew_margin: Margin = None,
+    script: Annotated[
+        Optional[Path],
+        typer.Option(metavar="FILE", help="Stage in/out as the #ALLAS directives of this job script say."),
+    ] = None,
+    run_script: Annotated[bool, typer.Option(hidden=True)] = False,
+    threads: Threads = None,
+    segment_size: SegmentSize = None,
+    report: Report = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
+    from allasrun import scripts
     from allasrun.commands import launch
 
     _setup(verbose, quiet)
+    if run_script:  # `allasrun run SCRIPT [ARGS]`: the script is both the plan and the command
+        script = Path(command[0])
+        command = [*scripts.command_for(script), *command[1:]]
+    plan = _plan(script, threads, segment_size, report, strict=True)
     options = launch.LaunchOptions(
+        plan=plan,
         command=command,
         remote=remote,
         update_user_config=update_user_config,
@@ -88,6 +116,45 @@ def exec_command(
         schedule=Schedule(margin=renew_margin),
     )
     raise typer.Exit(launch.run(options, os.environ))
+
+
+@app.command("check", help="Validate a job script's #ALLAS directives and look its inputs up in Allas.")
+def check(
+    script: Annotated[Path, typer.Argument(metavar="SCRIPT")],
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    from allasrun.commands import check as check_command
+
+    _setup(verbose, quiet)
+    text, status = check_command.run(_plan(script, None, None, None, strict=False), os.environ)
+    typer.echo(text, nl=False)
+    raise typer.Exit(status)
+
+
+def _plan(
+    script: Optional[Path],
+    threads: Optional[int],
+    segment_size: Optional[str],
+    report: Optional[str],
+    strict: bool,
+) -> StagePlan:
+    """The script's stage plan with command-line settings on top (they win)."""
+    from allasrun import scripts
+    from allasrun.stageplan import parse_size
+
+    plan = StagePlan() if script is None else scripts.load_plan(script, os.environ, getpass.getuser(), strict)
+    settings = plan.settings
+    if threads is not None:
+        settings = replace(settings, threads=threads)
+    if segment_size is not None:
+        try:
+            settings = replace(settings, segment_size=parse_size(segment_size))
+        except ValueError as error:
+            raise UsageError(f"--segment-size: {error}") from None
+    if report is not None:
+        settings = replace(settings, report=report)
+    return replace(plan, settings=settings)
 
 
 @app.command("login", help="Store an application credential so later runs need no password.")
@@ -134,7 +201,12 @@ def _main(
 
 
 def _with_default_command(argv: List[str]) -> List[str]:
-    """`allasrun [OPTIONS] -- CMD` means `allasrun exec [OPTIONS] -- CMD`."""
+    """`allasrun [OPTIONS] -- CMD` means `allasrun exec [OPTIONS] -- CMD`.
+
+    `allasrun run [OPTIONS] SCRIPT [ARGS]` is exec with the script as plan and command.
+    """
+    if argv and argv[0] == "run":
+        return ["exec", "--run-script", *argv[1:]]
     commands = {command.name for command in app.registered_commands}
     if argv and argv[0] not in commands and argv[0] not in ("-h", "--help", "--version"):
         return ["exec", *argv]

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 # The exit codes allasrun itself uses. A command that ran exits with its own status instead
 # (0-255, or 128+N when signal N killed it); these are only seen when allasrun stops first.
-EXIT_USAGE = 2  # bad options, bad input file, missing command
+EXIT_USAGE = 2  # bad options, bad input file or #ALLAS directive, missing command
 EXIT_UNAVAILABLE = 69  # Keystone (or Swift) could not be reached or answered with an error
+EXIT_STAGE_IN = 74  # stage-in failed: the command was not started
+EXIT_STAGE_OUT = 75  # stage-out failed: some results did not land (each is named in the log)
 EXIT_AUTH = 77  # Keystone refused the credentials: wrong password, unknown project, expired
 EXIT_CONFIG = 78  # nothing to authenticate with, no object-store endpoint, unsafe file mode
 EXIT_NOT_EXECUTABLE = 126  # the command exists but cannot be executed

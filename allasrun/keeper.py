@@ -102,6 +102,7 @@ class Keeper:
         self._files = files
         self._schedule = schedule
         self._stopping = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="allasrun-keeper", daemon=True)
 
     def start(self) -> None:
@@ -115,6 +116,17 @@ class Keeper:
             return
         self._thread.start()
 
+    def current(self) -> Token:
+        """The token to use now."""
+        return self.token
+
+    def refresh(self, stale: Token) -> Token:
+        """Renew at once because Swift refused `stale`; reuse a renewal made meanwhile."""
+        with self._lock:
+            if self.token.value == stale.value:
+                self._install(self._renew(self.token))
+            return self.token
+
     def stop(self) -> None:
         """Stop the thread; a renewal in flight finishes its file writes first."""
         self._stopping.set()
@@ -124,16 +136,18 @@ class Keeper:
     def _run(self) -> None:
         attempt = 0
         while True:
-            now = time.time()
+            planned = self.token
             if attempt == 0:
-                delay = self._schedule.renew_at(self.token, random.random()) - now
+                delay = self._schedule.renew_at(planned, random.random()) - time.time()
             else:
                 delay = self._schedule.retry_delay(attempt)
             if self._stopping.wait(max(delay, 0.0)):
                 return
+            if attempt == 0 and self.token is not planned:
+                continue  # a 401 made `refresh` renew meanwhile: schedule from the new token
             try:
-                token = self._renew(self.token)
-                self._files.write(token)
+                with self._lock:
+                    self._install(self._renew(self.token))
             except (AllasrunError, OSError) as error:
                 attempt += 1
                 self._report_failure(attempt, error)
@@ -143,14 +157,18 @@ class Keeper:
                 log.exception("renewal attempt %d failed unexpectedly: %s", attempt, error)
                 continue
             attempt = 0
-            self.token = token
-            self.renewals += 1
-            log.info(
-                "renewed token (%d); expires %s (in %s)",
-                self.renewals,
-                token.expiry_text(),
-                _duration(token.remaining(time.time())),
-            )
+
+    def _install(self, token: Token) -> None:
+        """Write the files first, then hand the token out: a client never sees it before them."""
+        self._files.write(token)
+        self.token = token
+        self.renewals += 1
+        log.info(
+            "renewed token (%d); expires %s (in %s)",
+            self.renewals,
+            token.expiry_text(),
+            _duration(token.remaining(time.time())),
+        )
 
     def _report_failure(self, attempt: int, error: Exception) -> None:
         left = self.token.remaining(time.time())

@@ -15,7 +15,7 @@ import os
 import shutil
 import signal
 from collections.abc import Mapping, Sequence
-from typing import NoReturn
+from typing import NoReturn, Optional
 
 from allasrun.errors import CommandNotExecutable, CommandNotFound
 
@@ -33,6 +33,7 @@ FORWARDED = (
 _TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
 _SI_KERNEL = 0x80
 _PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 # Python ignores these; a command must start with the default action, as from a shell.
 _RESTORED = (signal.SIGPIPE, signal.SIGXFSZ)
 
@@ -122,6 +123,11 @@ class Supervisor:
             if number == errno.ENOENT:
                 raise CommandNotFound(message)
             raise CommandNotExecutable(message)
+
+    def pending_stop(self) -> Optional[int]:
+        """A stop signal (TERM, INT, HUP, QUIT) waiting to be handled, if any: ends stage-in."""
+        waiting = signal.sigpending() & set(_STOP_SIGNALS)
+        return int(min(waiting)) if waiting else None
 
     def abandon(self) -> None:
         """Tell the waiting child to exit without running the command, and reap it."""

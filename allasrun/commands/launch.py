@@ -1,7 +1,8 @@
 """`allasrun [OPTIONS] -- CMD`: run a command with an Allas token kept alive for its lifetime.
 
-Reads like a table of contents: resolve the command, authenticate, write the client files,
-spawn, keep renewing, wait, clean up, and exit with the command's status.
+`run` reads like a table of contents: resolve the command, authenticate, write the client
+files, fork, keep renewing, stage in, exec, wait, stage out, report, clean up, and exit
+with the command's status (or a staging failure's code).
 """
 
 from __future__ import annotations
@@ -13,17 +14,22 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from allasrun import credentials, launcher, paths
+from allasrun import credentials, launcher, paths, report
 from allasrun.clientfiles import ClientFiles
 from allasrun.credentials import Identity
-from allasrun.errors import AllasrunError
+from allasrun.errors import EXIT_STAGE_IN, EXIT_STAGE_OUT, AllasrunError
 from allasrun.keeper import Keeper, Schedule, obtain
 from allasrun.log import hide, log
 from allasrun.plan import AppCredential, Password, child_environment
+from allasrun.report import MISSING, Transfer
+from allasrun.stageplan import StagePlan
 from allasrun.token import Token, utc_text
 from allasrun.tokencache import TokenCache
+
+if TYPE_CHECKING:  # the stager (and swiftclient) load only when a script stages something
+    from allasrun.stager import Stager
 
 
 @dataclass(frozen=True)
@@ -39,10 +45,14 @@ class LaunchOptions:
     storage_url: Optional[str] = None
     use_cache: bool = True
     schedule: Schedule = field(default_factory=Schedule)
+    plan: StagePlan = field(default_factory=StagePlan)
+    workdir: Path = field(default_factory=Path.cwd)
 
 
 def run(options: LaunchOptions, env: Mapping[str, str]) -> int:
     """Run the command under a kept token; the command's exit status is returned."""
+    if options.plan.settings.project and not env.get("OS_PROJECT_NAME"):
+        env = {**env, "OS_PROJECT_NAME": options.plan.settings.project}
     executable = launcher.resolve(options.command[0], env)
     identity = credentials.gather(env, options.storage_url)
     _hide_secret(identity)
@@ -62,55 +72,136 @@ def run(options: LaunchOptions, env: Mapping[str, str]) -> int:
         cache = None  # no other run can use this credential's tokens
     directory = paths.runtime_dir(env) / f"run-{os.getpid()}"
     try:
-        return _supervise(
-            options=options,
-            env=env,
-            identity=identity,
-            token=token,
-            directory=directory,
-            cache=cache,
-            executable=executable,
-        )
+        return _Run(options, env, identity, cache, directory).supervise(token, executable)
     finally:
         if owner is not None and isinstance(identity.secret, AppCredential):
             _revoke(owner, identity.secret)
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _supervise(
-    *,
-    options: LaunchOptions,
-    env: Mapping[str, str],
-    identity: Identity,
-    token: Token,
-    directory: Path,
-    cache: Optional[TokenCache],
-    executable: str,
-) -> int:
-    """Write the files, spawn, renew in the background until the command exits."""
-    paths.owned_private_dir(directory)
-    credential = identity.secret if isinstance(identity.secret, AppCredential) else None
-    user_config = paths.user_rclone_config(env) if options.update_user_config else None
-    files = ClientFiles(directory, options.remote, identity.target, credential, user_config)
-    files.write(token)
-    supervisor = launcher.Supervisor()
-    pid = supervisor.prepare(executable, options.command)
+class _Run:
+    """The part of a run that happens with the files written and the keeper running."""
 
-    def renew(current: Token) -> Token:
-        fresh = obtain(identity.target, identity.secret, cache, options.schedule, replacing=current)
+    def __init__(
+        self,
+        options: LaunchOptions,
+        env: Mapping[str, str],
+        identity: Identity,
+        cache: Optional[TokenCache],
+        directory: Path,
+    ) -> None:
+        self.options = options
+        self.env = env
+        self.identity = identity
+        self.cache = cache
+        credential = identity.secret if isinstance(identity.secret, AppCredential) else None
+        user_config = paths.user_rclone_config(env) if options.update_user_config else None
+        self.files = ClientFiles(directory, options.remote, identity.target, credential, user_config)
+        self.transfers: list[Transfer] = []
+
+    def supervise(self, token: Token, executable: str) -> int:
+        """Fork, keep, stage in, exec, wait, stage out; the exit status to report."""
+        paths.owned_private_dir(self.files.directory)
+        self.files.write(token)
+        supervisor = launcher.Supervisor()
+        pid = supervisor.prepare(executable, self.options.command)
+        keeper = Keeper(token, self._renew, self.files, self.options.schedule)
+        keeper.start()
+        try:
+            stager = self._stager(keeper) if self.options.plan else None
+            if stager is not None and self.options.plan.stage_in:
+                refused = self._stage_in(stager, supervisor)
+                if refused is not None:
+                    supervisor.abandon()
+                    return self._finish(refused, None)
+            supervisor.start(
+                child_environment(self.env, self.files.environment(keeper.token), self.options.keep_password)
+            )
+            log.info(
+                "started %s (pid %d); rclone remote '%s:' in %s",
+                executable,
+                pid,
+                self.options.remote,
+                self.files.directory,
+            )
+            status = supervisor.wait()
+            log.info(
+                "%s exited with status %d after %d renewal(s)",
+                self.options.command[0],
+                status,
+                keeper.renewals,
+            )
+            final = self._stage_out(stager, status) if stager is not None else status
+            return self._finish(final, status)
+        finally:
+            keeper.stop()
+
+    def _renew(self, current: Token) -> Token:
+        fresh = obtain(
+            self.identity.target, self.identity.secret, self.cache, self.options.schedule, replacing=current
+        )
         hide(fresh.value)
         return fresh
 
-    keeper = Keeper(token, renew, files, options.schedule)
-    keeper.start()
-    supervisor.start(child_environment(env, files.environment(keeper.token), options.keep_password))
-    log.info(
-        "started %s (pid %d); rclone remote '%s:' in %s", executable, pid, options.remote, files.directory
-    )
-    status = supervisor.wait()
-    keeper.stop()
-    log.info("%s exited with status %d after %d renewal(s)", options.command[0], status, keeper.renewals)
-    return status
+    def _stager(self, keeper: Keeper) -> Stager:
+        from allasrun.stager import Stager
+        from allasrun.swiftstore import Store
+
+        settings = self.options.plan.settings
+        return Stager(Store(keeper.current, keeper.refresh, settings.retries), settings, self.options.workdir)
+
+    def _stage_in(self, stager: Stager, supervisor: launcher.Supervisor) -> Optional[int]:
+        """Fetch the inputs; the exit status if the command must not start, else None."""
+        started = time.monotonic()
+        transfers = stager.stage_in(self.options.plan.stage_in, lambda: supervisor.pending_stop() is not None)
+        self.transfers += transfers
+        log.info("%s", report.summarise("stage-in", transfers, time.monotonic() - started))
+        stop = supervisor.pending_stop()
+        if stop is not None:
+            log.error("stage-in interrupted by signal %d: the command was not started", stop)
+            return 128 + stop
+        failed = report.problems(transfers)
+        for transfer in failed:
+            log.error("stage-in %s: %s: %s", transfer.status, transfer.where, transfer.error)
+        if failed:
+            log.error("stage-in failed for %d item(s): the command was not started", len(failed))
+            return EXIT_STAGE_IN
+        return None
+
+    def _stage_out(self, stager: Stager, status: int) -> int:
+        """Upload the results due after `status`; a stage-out failure's code, else `status`."""
+        due = [spec for spec in self.options.plan.stage_out if spec.due(status)]
+        if not due:
+            return status
+        started = time.monotonic()
+        transfers = stager.stage_out(due)
+        self.transfers += transfers
+        log.info("%s", report.summarise("stage-out", transfers, time.monotonic() - started))
+        # A failed command may not have produced its outputs; that is its failure, not ours.
+        failed = [t for t in report.problems(transfers) if not (t.status == MISSING and status != 0)]
+        for transfer in report.problems(transfers):
+            log.error(
+                "stage-out %s: %s: %s -> %s: %s",
+                transfer.status,
+                transfer.where,
+                transfer.source,
+                transfer.destination,
+                transfer.error,
+            )
+        if failed:
+            log.error(
+                "stage-out failed for %d file(s); the command's exit status was %d", len(failed), status
+            )
+            return EXIT_STAGE_OUT
+        return status
+
+    def _finish(self, final: int, command: Optional[int]) -> int:
+        path = self.options.plan.settings.report
+        if path is not None:
+            target = Path(path) if Path(path).is_absolute() else self.options.workdir / path
+            report.write(target, final, command, self.transfers)
+            log.info("transfer report written to %s", target)
+        return final
 
 
 def _mint(identity: Identity, token: Token, options: LaunchOptions) -> tuple[Identity, Token]:

@@ -1,0 +1,56 @@
+"""`allasrun check SCRIPT`: what the directives resolve to, before anything is queued or run.
+
+Each stage-in is listed in Allas (object count, bytes, or what is missing); each stage-out
+bucket is looked up (it exists, or will be created) and its local source counted if present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from allasrun import credentials, paths
+from allasrun.errors import EXIT_STAGE_IN
+from allasrun.keeper import Schedule, obtain
+from allasrun.report import MIB
+from allasrun.stageplan import StagePlan
+from allasrun.tokencache import TokenCache
+
+
+def run(plan: StagePlan, env: Mapping[str, str]) -> tuple[str, int]:
+    """The report to print and the exit status: 0, or 74 when an input is missing."""
+    from allasrun.stager import Stager
+    from allasrun.swiftstore import Store, StoreError
+
+    if plan.settings.project and not env.get("OS_PROJECT_NAME"):
+        env = {**env, "OS_PROJECT_NAME": plan.settings.project}
+    identity = credentials.gather(env)
+    cache = TokenCache.for_identity(paths.cache_dir(env), identity.target, identity.secret)
+    schedule = Schedule()
+    token = obtain(identity.target, identity.secret, cache, schedule)
+
+    store = Store(
+        lambda: token, lambda stale: obtain(identity.target, identity.secret, cache, schedule, stale)
+    )
+    stager = Stager(store, plan.settings, Path.cwd())
+    lines, missing = [], 0
+    for spec in plan.stage_in:
+        fetches, problems = stager.resolve_in(spec)
+        source = f"allas:{spec.bucket}/{spec.key}"
+        if problems:
+            missing += len(problems)
+            lines += [f"{spec.where}: stage-in {source}: {p.status.upper()}: {p.error}" for p in problems]
+        else:
+            found = f"{len(fetches)} object(s), {sum(f.obj.size for f in fetches) / MIB:.1f} MiB"
+            lines.append(f"{spec.where}: stage-in {source}: {found} -> {spec.destination}")
+    for out in plan.stage_out:
+        try:
+            state = "exists" if store.bucket_exists(out.bucket) else "does not exist yet; will be created"
+        except StoreError as error:
+            state = f"cannot be checked: {error}"
+        target = f"allas:{out.bucket}/{out.key} (--when={out.when})"
+        lines.append(f"{out.where}: stage-out {out.source} -> {target}: bucket {state}")
+    if not plan:
+        lines.append("no #ALLAS stage-in or stage-out directives")
+    verdict = f"{missing} input(s) missing" if missing else "ok"
+    return "\n".join([*lines, verdict]) + "\n", EXIT_STAGE_IN if missing else 0

@@ -1,0 +1,38 @@
+"""Reading a job script: its `#ALLAS` plan, and the command line that runs it."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+
+from allasrun import directives, stageplan
+from allasrun.errors import UsageError
+from allasrun.log import log
+
+
+def load_plan(
+    path: Path, env: Mapping[str, str], login_name: str, strict: bool = True
+) -> stageplan.StagePlan:
+    """Parse and resolve the script's directives; warnings are logged, errors raised."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        raise UsageError(f"{path}: cannot read the job script ({error.strerror})") from None
+    found, warnings = directives.parse(text, str(path))
+    for warning in warnings:
+        log.warning("%s", warning)
+    return stageplan.build(found, env, login_name, strict)
+
+
+def command_for(path: Path) -> list[str]:
+    """How to run a script the way sbatch does, executable bit or not: by its `#!` line."""
+    if os.access(path, os.X_OK):
+        return [str(path) if "/" in str(path) else f"./{path}"]  # not a PATH lookup
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        first = handle.readline()
+    interpreter = shlex.split(first[2:]) if first.startswith("#!") else ["/bin/sh"]
+    if not interpreter:
+        raise UsageError(f"{path}:1: empty #! line")
+    return [*interpreter, str(path)]

@@ -1,0 +1,219 @@
+"""The stage plan: what to fetch before the command and what to upload after it.
+
+Built from parsed directives and the job's environment (substitutions, Slurm facts) with no
+I/O, so every error carries `file:line:` and appears before anything is transferred.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+from allasrun.directives import Directive
+
+GIB = 1024**3
+DEFAULT_SEGMENT = 5 * GIB  # Swift's object size limit on Allas
+_MAGIC = re.compile(r"[*?\[]")
+_PLACEHOLDER = re.compile(r"%(.)|\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_SIZE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Knobs from `#ALLAS option` lines (and the command line, which wins)."""
+
+    project: Optional[str] = None
+    threads: int = 8
+    segment_size: int = DEFAULT_SEGMENT
+    retries: int = 3
+    report: Optional[str] = None
+    progress: float = 60.0
+
+
+@dataclass(frozen=True)
+class StageIn:
+    """Objects to fetch: one object, a prefix (recursive) or a glob, into a local path."""
+
+    where: str
+    bucket: str
+    key: str
+    destination: str
+
+    @property
+    def is_glob(self) -> bool:
+        """Whether `key` is a pattern rather than a name or prefix."""
+        return bool(_MAGIC.search(self.key))
+
+    @property
+    def listing_prefix(self) -> str:
+        """What to ask Swift to list: everything up to the first pattern character."""
+        match = _MAGIC.search(self.key)
+        return self.key[: match.start()] if match else self.key
+
+    @property
+    def base(self) -> str:
+        """The part of an object's name that is not repeated under the destination."""
+        if self.is_glob:
+            return self.listing_prefix.rpartition("/")[0] + "/" if "/" in self.listing_prefix else ""
+        return self.key
+
+
+@dataclass(frozen=True)
+class StageOut:
+    """Local files (a file, a directory or a glob) to upload under a bucket prefix or name."""
+
+    where: str
+    source: str
+    bucket: str
+    key: str
+    when: str = "always"
+    overwrite: bool = True
+
+    def due(self, status: int) -> bool:
+        """Whether this stage-out runs after the command exited with `status`."""
+        return self.when == "always" or (self.when == "success") == (status == 0)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Everything the directives of one script ask for."""
+
+    stage_in: Sequence[StageIn] = ()
+    stage_out: Sequence[StageOut] = ()
+    settings: Settings = field(default_factory=Settings)
+
+    def __bool__(self) -> bool:
+        return bool(self.stage_in or self.stage_out)
+
+
+def build(
+    directives: Sequence[Directive], env: Mapping[str, str], login_name: str, strict: bool = True
+) -> StagePlan:
+    """Resolve substitutions and names; `strict=False` keeps unknown Slurm placeholders.
+
+    `allasrun check` and `allasrun sbatch` run before the job exists: %j is not known yet
+    there, but $VARIABLES and everything else are.
+    """
+    facts = _SlurmFacts(env, login_name, strict)
+    stage_in: list[StageIn] = []
+    stage_out: list[StageOut] = []
+    settings = Settings()
+    for directive in directives:
+        words = [facts.expand(directive, word) for word in directive.args]
+        if directive.verb == "stage-in":
+            bucket, key = _remote(directive, words[0], strict_name=False)
+            stage_in.append(StageIn(directive.where, bucket, key, words[1] if len(words) > 1 else "./"))
+        elif directive.verb == "stage-out":
+            bucket, key = _remote(directive, words[1], strict_name=True)
+            stage_out.append(
+                StageOut(
+                    directive.where,
+                    words[0],
+                    bucket,
+                    key,
+                    directive.options.get("when", "always"),
+                    "no-overwrite" not in directive.options,
+                )
+            )
+        else:
+            settings = _settings(directive, words, settings)
+    return StagePlan(tuple(stage_in), tuple(stage_out), settings)
+
+
+def parse_size(text: str) -> int:
+    """`5G`, `64MiB`, `1048576` as bytes (powers of 1024, as Swift tools count)."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise ValueError(f"not a size: {text!r} (examples: 5G, 64MiB, 1048576)")
+    power: int = "_KMGT".index(match.group(2).upper() or "_")
+    return int(match.group(1)) * int(1024**power)
+
+
+def _remote(directive: Directive, text: str, strict_name: bool) -> tuple[str, str]:
+    """`[allas:]bucket[/key]` split and checked against Swift (and, to create, S3) rules."""
+    name = text[len("allas:") :] if text.startswith("allas:") else text
+    bucket, _, key = name.partition("/")
+    if not bucket:
+        raise directive.fail(f"no bucket in {text!r}")
+    if _MAGIC.search(bucket):
+        raise directive.fail(f"bucket name {bucket!r} cannot be a pattern")
+    if len(bucket.encode()) > 256:
+        raise directive.fail(f"bucket name {bucket!r} is longer than Swift's 256 bytes")
+    if strict_name and (not _S3_BUCKET.match(bucket) or ".." in bucket):
+        raise directive.fail(
+            f"bucket name {bucket!r} breaks Allas's rules: 3-63 characters, lowercase letters, digits, "
+            "'.' and '-', starting and ending with a letter or digit"
+        )
+    return bucket, key
+
+
+def _settings(directive: Directive, words: Sequence[str], settings: Settings) -> Settings:
+    for word in words:
+        name, _, value = word.partition("=")
+        try:
+            if name == "project":
+                settings = replace(settings, project=value)
+            elif name == "report":
+                settings = replace(settings, report=value)
+            elif name == "segment-size":
+                settings = replace(settings, segment_size=_positive(parse_size(value)))
+            elif name == "threads":
+                settings = replace(settings, threads=_positive(int(value)))
+            elif name == "retries":
+                settings = replace(settings, retries=_positive(int(value)))
+            else:
+                settings = replace(settings, progress=float(_positive(int(value))))
+        except ValueError as error:
+            raise directive.fail(f"bad value for {name}: {error}") from None
+    return settings
+
+
+def _positive(number: int) -> int:
+    if number <= 0:
+        raise ValueError(f"{number} is not a positive number")
+    return number
+
+
+class _SlurmFacts:
+    """Expands %j %A %a %u %x %% and $VAR / ${VAR} / $$ in one word."""
+
+    def __init__(self, env: Mapping[str, str], login_name: str, strict: bool) -> None:
+        self.env = env
+        self.strict = strict
+        job = env.get("SLURM_JOB_ID")
+        self.values = {
+            "j": job,
+            "A": env.get("SLURM_ARRAY_JOB_ID") or job,
+            "a": env.get("SLURM_ARRAY_TASK_ID"),
+            "u": env.get("SLURM_JOB_USER") or env.get("USER") or login_name,
+            "x": env.get("SLURM_JOB_NAME"),
+            "%": "%",
+        }
+
+    def expand(self, directive: Directive, word: str) -> str:
+        def one(match: re.Match[str]) -> str:
+            letter, dollar, braced, plain = match.groups()
+            if letter is not None:
+                return self._placeholder(directive, letter)
+            if dollar == "$":
+                return "$"
+            variable = braced or plain
+            if variable not in self.env:
+                raise directive.fail(f"${variable} is not set in the job's environment")
+            return self.env[variable]
+
+        return _PLACEHOLDER.sub(one, word)
+
+    def _placeholder(self, directive: Directive, letter: str) -> str:
+        if letter not in self.values:
+            raise directive.fail(f"unknown substitution %{letter} (known: %j %A %a %u %x %%)")
+        value = self.values[letter]
+        if value is not None:
+            return value
+        if not self.strict:
+            return f"%{letter}"
+        reason = {"a": "not an array job", "x": "no job name"}.get(letter, "not inside a Slurm job")
+        raise directive.fail(f"%{letter} cannot be substituted: {reason}")

@@ -1,0 +1,131 @@
+"""`#ALLAS` grammar: every error names file:line and quotes the line; substitutions; buckets."""
+
+from __future__ import annotations
+
+import pytest
+
+from allasrun import stageplan
+from allasrun.directives import DirectiveError, parse
+from allasrun.stageplan import StageIn, StageOut, build, parse_size
+
+SCRIPT = """#!/bin/bash
+#SBATCH --job-name=analysis
+#ALLAS stage-in  178-data-bucket/dataset34/data2.txt.zst   dataset34/
+#ALLAS stage-in  allas:178-data-bucket/refs/               refs/   # a comment
+# an ordinary comment
+#ALLAS stage-out results34/  178-data-bucket/results34/%j/
+#ALLAS stage-out 'logs/*.log'  178-data-bucket/logs/%A_%a/   --when=failure --no-overwrite
+#ALLAS option threads=4 segment-size=64M project=project_2000178
+
+module load something
+#ALLAS stage-in ignored/after-command
+"""
+JOB = {"SLURM_JOB_ID": "123", "SLURM_ARRAY_JOB_ID": "120", "SLURM_ARRAY_TASK_ID": "3", "USER": "u"}
+
+
+def plan_of(text: str, env: dict[str, str] | None = None, strict: bool = True) -> stageplan.StagePlan:
+    directives, _ = parse(text, "job.sh")
+    return build(directives, JOB if env is None else env, "login", strict)
+
+
+def test_full_header() -> None:
+    directives, warnings = parse(SCRIPT, "job.sh")
+    assert [d.where for d in directives] == ["job.sh:3", "job.sh:4", "job.sh:6", "job.sh:7", "job.sh:8"]
+    assert warnings == [
+        "job.sh:11: #ALLAS after the first command is ignored: #ALLAS stage-in ignored/after-command"
+    ]
+    plan = build(directives, JOB, "login")
+    assert plan.stage_in == (
+        StageIn("job.sh:3", "178-data-bucket", "dataset34/data2.txt.zst", "dataset34/"),
+        StageIn("job.sh:4", "178-data-bucket", "refs/", "refs/"),
+    )
+    assert plan.stage_out == (
+        StageOut("job.sh:6", "results34/", "178-data-bucket", "results34/123/", "always", True),
+        StageOut("job.sh:7", "logs/*.log", "178-data-bucket", "logs/120_3/", "failure", False),
+    )
+    assert (plan.settings.threads, plan.settings.segment_size, plan.settings.project) == (
+        4,
+        64 * 1024**2,
+        "project_2000178",
+    )
+
+
+def test_default_destination_and_when() -> None:
+    plan = plan_of("#ALLAS stage-in b1x/a.txt\n#ALLAS stage-out out.txt b1x/\n")
+    assert plan.stage_in[0].destination == "./"
+    assert plan.stage_out[0].when == "always"
+
+
+def test_variables_and_escapes() -> None:
+    env = {**JOB, "RUN": "r7", "HOME": "/h"}
+    plan = plan_of("#ALLAS stage-out ${HOME}/x $RUN-bucket/%u/100%%/$$\n", env)
+    assert plan.stage_out[0].source == "/h/x"
+    assert (plan.stage_out[0].bucket, plan.stage_out[0].key) == ("r7-bucket", "u/100%/$")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("#ALLAS", "missing verb"),
+        ("#ALLAS stage_in b/x", "unknown verb 'stage_in'"),
+        ("#ALLAS stage-in", "stage-in takes SOURCE [DESTINATION], got 0"),
+        ("#ALLAS stage-in a b c", "got 3 argument(s)"),
+        ("#ALLAS stage-out only-source", "stage-out takes SOURCE DESTINATION, got 1"),
+        ("#ALLAS stage-out a bkt/ --when=sometimes", "--when must be one of success, failure, always"),
+        ("#ALLAS stage-out a bkt/ --no-overwrite=yes", "--no-overwrite takes no value"),
+        ("#ALLAS stage-in bkt/a --when=always", "unknown option --when for stage-in"),
+        ("#ALLAS stage-in 'unclosed", "cannot split the line"),
+        ("#ALLAS option threads", "bad setting 'threads'"),
+        ("#ALLAS option colour=blue", "bad setting 'colour=blue'"),
+        ("#ALLAS option threads=0", "bad value for threads"),
+        ("#ALLAS option segment-size=lots", "bad value for segment-size"),
+        ("#ALLAS stage-out a Results_Bucket/", "bucket name 'Results_Bucket' breaks Allas's rules"),
+        ("#ALLAS stage-out a ab/", "bucket name 'ab' breaks"),
+        ("#ALLAS stage-in /absolute", "no bucket in '/absolute'"),
+        ("#ALLAS stage-in b*/x", "cannot be a pattern"),
+        ("#ALLAS stage-in b1x/$NOPE", "$NOPE is not set"),
+        ("#ALLAS stage-in b1x/%q", "unknown substitution %q"),
+    ],
+)
+def test_every_error_names_file_line_and_text(line: str, message: str) -> None:
+    text = f"#!/bin/sh\n#SBATCH -t 1\n{line}\n"
+    with pytest.raises(DirectiveError) as caught:
+        plan_of(text)
+    assert str(caught.value).startswith("job.sh:3: ")
+    assert message in str(caught.value)
+    assert str(caught.value).endswith(line.strip())
+
+
+def test_slurm_placeholders_outside_a_job() -> None:
+    with pytest.raises(DirectiveError, match="%j cannot be substituted: not inside a Slurm job"):
+        plan_of("#ALLAS stage-out a bkt/%j/\n", env={})
+    with pytest.raises(DirectiveError, match="%a cannot be substituted: not an array job"):
+        plan_of("#ALLAS stage-out a bkt/%a/\n", env={"SLURM_JOB_ID": "5"})
+    lenient = plan_of("#ALLAS stage-out a bkt/%j/%u/\n", env={}, strict=False)
+    assert lenient.stage_out[0].key == "%j/login/"
+
+
+def test_stage_in_shapes() -> None:
+    glob = StageIn("w", "b", "logs/2024-*/part?.txt", "./")
+    assert (glob.is_glob, glob.listing_prefix, glob.base) == (True, "logs/2024-", "logs/")
+    prefix = StageIn("w", "b", "refs/", "refs/")
+    assert (prefix.is_glob, prefix.listing_prefix, prefix.base) == (False, "refs/", "refs/")
+    top = StageIn("w", "b", "*.txt", "./")
+    assert (top.listing_prefix, top.base) == ("", "")
+
+
+def test_when() -> None:
+    always, success, failure = (
+        StageOut("w", "a", "b", "k", when) for when in ("always", "success", "failure")
+    )
+    assert [always.due(0), always.due(1)] == [True, True]
+    assert [success.due(0), success.due(1)] == [True, False]
+    assert [failure.due(0), failure.due(137)] == [False, True]
+
+
+def test_sizes() -> None:
+    assert parse_size("5G") == 5 * 1024**3
+    assert parse_size("64MiB") == 64 * 1024**2
+    assert parse_size("1048576") == 1048576
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size("5 parsecs")
