@@ -275,7 +275,10 @@ class Stager:
             for future in as_completed(futures):
                 if future.cancelled():
                     continue
-                result = future.result()
+                try:
+                    result = future.result()
+                except Exception as error:  # a bug or a malformed answer fails one transfer, not the run
+                    result = Transfer(label, "", "", "", status=FAILED, error=f"unexpected error: {error!r}")
                 results.append(result)
                 progress.advance(result)
                 if cancelled():

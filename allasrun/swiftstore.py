@@ -28,6 +28,10 @@ CHUNK = 1024 * 1024
 class StoreError(AllasrunError):
     """Swift refused or failed a request (after swiftclient's own retries)."""
 
+    def __init__(self, message: str, http_status: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
 
 class BucketMissing(StoreError):
     """The bucket (container) does not exist."""
@@ -95,11 +99,17 @@ class Store:
     def listing(self, bucket: str, prefix: str) -> list[RemoteObject]:
         """Every object whose name starts with `prefix` (the full listing, paged)."""
         try:
-            _, rows = self._conn().get_container(bucket, prefix=prefix or None, full_listing=True)
-        except ClientException as error:
+            _, rows = self._call(
+                f"list {bucket}/{prefix}",
+                self._conn().get_container,
+                bucket,
+                prefix=prefix or None,
+                full_listing=True,
+            )
+        except StoreError as error:
             if error.http_status == 404:
                 raise BucketMissing(f"bucket {bucket!r} does not exist") from None
-            raise _error(error, f"list {bucket}/{prefix}") from None
+            raise
         return [
             RemoteObject(row["name"], int(row["bytes"]), row["hash"], "slo_etag" in row)
             for row in rows
@@ -174,8 +184,10 @@ class Store:
             raise _error(error, action) from None
         except OSError as error:  # requests' connection errors are OSErrors
             raise StoreError(f"cannot {action}: {error}") from None
+        except ValueError as error:  # a listing or manifest that is not JSON/UTF-8
+            raise StoreError(f"cannot {action}: malformed response ({error})") from None
 
 
 def _error(error: ClientException, action: str) -> StoreError:
     status = f"HTTP {error.http_status}" if error.http_status else "no response"
-    return StoreError(f"cannot {action}: {status} {error.http_reason or ''}".rstrip())
+    return StoreError(f"cannot {action}: {status} {error.http_reason or ''}".rstrip(), error.http_status)

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import quote
 
 import pytest
 from keystoneauth1 import session as ks_session
@@ -139,3 +140,26 @@ def make_bucket(stack: Stack, name: str) -> None:
     token: Optional[str] = session.get_token()
     response = session.put(f"{stack.env['OS_STORAGE_URL']}/{name}", headers={"X-Auth-Token": token or ""})
     assert response.status_code in (201, 202), response.text
+
+
+def rclone(stack: Stack, workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Debian's rclone with its own config (the stack's application credential), not allasrun's."""
+    conf = workdir / "test-rclone.conf"
+    conf.write_text(
+        "[ref]\ntype = swift\nenv_auth = false\nauth_version = 3\n"
+        f"auth = {stack.env['OS_AUTH_URL']}\n"
+        f"application_credential_id = {stack.env['MINI_ALLAS_APP_CRED_ID']}\n"
+        f"application_credential_secret = {stack.env['MINI_ALLAS_APP_CRED_SECRET']}\n"
+    )
+    return subprocess.run(
+        ["rclone", "--config", str(conf), *args], capture_output=True, text=True, check=True, timeout=600
+    )
+
+
+def put_object(stack: Stack, bucket: str, name: str, data: bytes) -> None:
+    """PUT one object with exactly this name, bypassing every client's name cleaning."""
+    session = stack.user_session()
+    # Dots escaped too: HTTP clients resolve a literal `..` segment before sending.
+    url = f"{stack.env['OS_STORAGE_URL']}/{bucket}/{quote(name).replace('.', '%2E')}"
+    response = session.put(url, data=data, headers={"X-Auth-Token": session.get_token() or ""})
+    assert response.status_code == 201, response.text
