@@ -151,7 +151,7 @@ class Store:
 
     def upload(self, bucket: str, name: str, source: BinaryIO, size: int) -> tuple[str, str]:
         """PUT `size` bytes from `source` (from its position); the MD5 read and Swift's ETag."""
-        wrapper = LengthWrapper(source, size, md5=True)
+        wrapper = _BigReads(source, size, md5=True)
         etag = self._call(
             f"upload {bucket}/{name}", self._conn().put_object, bucket, name, wrapper, content_length=size
         )
@@ -186,6 +186,16 @@ class Store:
             raise StoreError(f"cannot {action}: {error}") from None
         except ValueError as error:  # a listing or manifest that is not JSON/UTF-8
             raise StoreError(f"cannot {action}: malformed response ({error})") from None
+
+
+class _BigReads(LengthWrapper):  # type: ignore[misc]  # swiftclient has no type hints
+    """Reads at least 1 MiB at a time; http.client would ask for 8 KiB per read, each one a
+    trip through Python for the length bookkeeping and the MD5 update.
+    """
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = super().read(max(size, CHUNK) if size >= 0 else size)
+        return data
 
 
 def _error(error: ClientException, action: str) -> StoreError:

@@ -310,3 +310,14 @@ def test_check_good_and_bad(stack: Stack, home: Path, tmp_path: Path, dataset: P
     assert missing.returncode == errors.EXIT_STAGE_IN
     assert f"{bad}:3: stage-in allas:stage-data/nope/: MISSING" in missing.stdout
     assert missing.stdout.endswith("1 input(s) missing\n")
+
+
+def test_script_directives_with_any_command(stack: Stack, home: Path, tmp_path: Path) -> None:
+    make_bucket(stack, "stage-script")
+    put_object(stack, "stage-script", "in/data.txt", b"some input\n")
+    plan = tmp_path / "plan.sh"
+    plan.write_text("#ALLAS stage-in stage-script/in/data.txt\n#ALLAS stage-out copy.txt stage-script/out/\n")
+    command = ["--script", str(plan), "--", "cp", "data.txt", "copy.txt"]
+    result = allasrun(command, user_env(stack, home), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert rclone(stack, tmp_path, "cat", "ref:stage-script/out/copy.txt").stdout == "some input\n"

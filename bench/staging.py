@@ -1,0 +1,173 @@
+"""allasrun's stager against rclone, swift and curl on the same data, same parallelism.
+
+Issue 3's targets: (a) 2,000 files of 16 KiB: <= 0.8x the best of rclone and swift in each
+direction; (b) one 1 GiB file: <= 1.5x curl in each direction, with verification on. Every
+tool starts cold (authenticates itself with the stack's application credential) and
+writes to a fresh prefix or an empty directory. Needs MINI_ALLAS_ENV (bench/run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tests.stack.stackutil import ALLASRUN, Stack, read_env_file
+
+THREADS = 8
+
+
+def timed(command: Sequence[str], env: dict[str, str], cwd: Path) -> float:
+    """Wall seconds of one run of `command`, which must succeed."""
+    start = time.perf_counter()
+    subprocess.run(
+        list(command), env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    return time.perf_counter() - start
+
+
+class Tools:
+    """How each tool uploads a directory (or file) and downloads a prefix (or object)."""
+
+    def __init__(self, stack: Stack, work: Path) -> None:
+        self.stack = stack
+        self.work = work
+        self.rclone_conf = work / "rclone.conf"
+        self.rclone_conf.write_text(
+            "[ref]\ntype = swift\nenv_auth = false\nauth_version = 3\n"
+            f"auth = {stack.env['OS_AUTH_URL']}\n"
+            f"application_credential_id = {stack.env['MINI_ALLAS_APP_CRED_ID']}\n"
+            f"application_credential_secret = {stack.env['MINI_ALLAS_APP_CRED_SECRET']}\n"
+        )
+        self.env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(work),
+            "OS_AUTH_URL": stack.env["OS_AUTH_URL"],
+            "OS_AUTH_TYPE": "v3applicationcredential",
+            "OS_APPLICATION_CREDENTIAL_ID": stack.env["MINI_ALLAS_APP_CRED_ID"],
+            "OS_APPLICATION_CREDENTIAL_SECRET": stack.env["MINI_ALLAS_APP_CRED_SECRET"],
+            "OS_IDENTITY_API_VERSION": "3",
+            "ALLASRUN_CACHE_DIR": str(work / "no-cache"),
+        }
+
+    def allasrun(self, header: str, name: str) -> float:
+        script = self.work / f"{name}.sh"
+        script.write_text(f"#!/bin/sh\n{header}\n#ALLAS option threads={THREADS}\ntrue\n")
+        return timed([*ALLASRUN, "run", "--no-cache", str(script)], self.env, self.work)
+
+    def rclone(self, source: str, target: str) -> float:
+        flags = ["--transfers", str(THREADS), "--checkers", str(THREADS)]
+        return timed(
+            ["rclone", "--config", str(self.rclone_conf), "copy", *flags, source, target], self.env, self.work
+        )
+
+    def swift(self, *args: str) -> float:
+        return timed(["/usr/bin/swift", *args], self.env, self.work)
+
+
+def many_files(tools: Tools, count: int) -> list[tuple[str, float]]:
+    data = tools.work / "many"
+    data.mkdir()
+    for n in range(count):
+        (data / f"f{n:05d}.bin").write_bytes(os.urandom(16 * 1024))
+    rows = [
+        ("upload allasrun", tools.allasrun("#ALLAS stage-out many/ bench-a/allasrun/", "out-a")),
+        ("upload rclone", tools.rclone(str(data), "ref:bench-a/rclone")),
+        (
+            "upload swift",
+            tools.swift(
+                "upload", "--object-threads", str(THREADS), "--object-name", "swift", "bench-a", str(data)
+            ),
+        ),
+        ("download allasrun", tools.allasrun("#ALLAS stage-in bench-a/rclone/ in-allasrun/", "in-a")),
+        ("download rclone", tools.rclone("ref:bench-a/rclone", str(tools.work / "in-rclone"))),
+        (
+            "download swift",
+            tools.swift(
+                "download",
+                "--object-threads",
+                str(THREADS),
+                "--prefix",
+                "rclone/",
+                "-D",
+                "in-swift",
+                "bench-a",
+            ),
+        ),
+    ]
+    return rows
+
+
+def one_big(tools: Tools, size: int) -> list[tuple[str, float]]:
+    big = tools.work / "big"
+    big.mkdir()
+    with open(big / "big.bin", "wb") as out:
+        for _ in range(size // (64 * 1024 * 1024)):
+            out.write(os.urandom(64 * 1024 * 1024))
+    curl = tools.work / "curl.sh"
+    credential = {
+        "id": tools.env["OS_APPLICATION_CREDENTIAL_ID"],
+        "secret": tools.env["OS_APPLICATION_CREDENTIAL_SECRET"],
+    }
+    identity = {"methods": ["application_credential"], "application_credential": credential}
+    (tools.work / "auth.json").write_text(json.dumps({"auth": {"identity": identity}}))
+    curl.write_text(  # curl authenticates by itself too: one POST, then the transfer
+        "set -e\n"
+        'token=$(curl -si -X POST -H "Content-Type: application/json" -d @auth.json '
+        '"$OS_AUTH_URL/auth/tokens" | tr -d "\\r" | sed -n "s/^[Xx]-[Ss]ubject-[Tt]oken: //p")\n'
+        'auth="X-Auth-Token: $token"\n'
+        'if [ "$1" = put ]; then curl -sf -X PUT -H "$auth" -T big/big.bin "$URL/bench-b/curl/x"\n'
+        'else curl -sf -H "$auth" -o curl-big.bin "$URL/bench-b/rclone/big.bin"; fi\n'
+    )
+    env = {**tools.env, "URL": tools.stack.env["OS_STORAGE_URL"]}
+    tools.swift("post", "bench-b")
+    return [
+        ("upload allasrun", tools.allasrun("#ALLAS stage-out big/big.bin bench-b/allasrun/", "out-b")),
+        ("upload rclone", tools.rclone(str(big / "big.bin"), "ref:bench-b/rclone")),
+        (
+            "upload swift",
+            tools.swift("upload", "--object-name", "swift/big.bin", "bench-b", str(big / "big.bin")),
+        ),
+        ("upload curl", timed(["sh", str(curl), "put"], env, tools.work)),
+        ("download allasrun", tools.allasrun("#ALLAS stage-in bench-b/rclone/big.bin in-b/", "in-b")),
+        ("download rclone", tools.rclone("ref:bench-b/rclone/big.bin", str(tools.work / "in-rclone-b"))),
+        ("download swift", tools.swift("download", "-o", "swift-big.bin", "bench-b", "rclone/big.bin")),
+        ("download curl", timed(["sh", str(curl), "get"], env, tools.work)),
+    ]
+
+
+def table(title: str, rows: list[tuple[str, float]], reference: str, target: float) -> None:
+    print(f"\n**{title}**\n\n| tool | seconds | ratio |\n| --- | --- | --- |")
+    times = dict(rows)
+    for direction in ("upload", "download"):
+        others = [
+            times[f"{direction} {tool}"] for tool in reference.split(",") if f"{direction} {tool}" in times
+        ]
+        best = min(others)
+        for name, seconds in rows:
+            if name.startswith(direction):
+                mark = f" (target <= {target}x)" if name.endswith("allasrun") else ""
+                print(f"| {name} | {seconds:.1f} | {seconds / best:.2f}x of best {reference}{mark} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--big-mib", type=int, default=1024)
+    args = parser.parse_args()
+    stack = Stack(read_env_file(Path(os.environ["MINI_ALLAS_ENV"])))
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as work:
+        tools = Tools(stack, Path(work))
+        a = many_files(tools, args.files)
+        b = one_big(tools, args.big_mib * 1024 * 1024)
+    table(f"(a) {args.files} files of 16 KiB, {THREADS} parallel transfers", a, "rclone,swift", 0.8)
+    table(f"(b) one {args.big_mib} MiB file", b, "curl", 1.5)
+
+
+if __name__ == "__main__":
+    main()
