@@ -70,20 +70,25 @@ def obtain(
     When renewing, `replacing` is the token in hand: a cached token only counts if it
     outlives that one, i.e. another process on this node renewed first.
     """
-    # Imported here: keystoneauth costs ~100 ms, which a run served by the cache never pays.
-    from allasrun import keystone
-
     if cache is None or isinstance(secret, ExistingToken):
-        return keystone.authenticate(target, secret)
+        return _authenticate(target, secret)
     with cache.exclusive():
         cached = cache.load()
         newer = replacing is None or (cached is not None and cached.expires_at > replacing.expires_at)
         if cached is not None and newer and schedule.fresh_enough(cached, time.time()):
             log.debug("using the cached token (expires %s)", cached.expiry_text())
             return cached
-        token = keystone.authenticate(target, secret)
+        token = _authenticate(target, secret)
         cache.store(token)
         return token
+
+
+def _authenticate(target: Target, secret: Secret) -> Token:
+    # Imported here: keystoneauth costs ~65 ms of imports, which a run served by the cache
+    # never pays.
+    from allasrun import keystone
+
+    return keystone.authenticate(target, secret)
 
 
 class Keeper:

@@ -126,12 +126,13 @@ class Stager:
             if not obj.slo and etag != obj.md5:
                 raise Corrupt(f"{obj.name}: changed since it was listed (ETag {etag}, listed {obj.md5})")
             check = _Verifier(obj, segments)
+            # No fsync: it cost 1.8 s per GiB here, and buys nothing the checks don't. A file is
+            # renamed only once complete and verified; after a crash, a re-run re-verifies any
+            # existing file's size and MD5 before skipping it.
             with open(temporary, "wb") as out:
                 for chunk in body:
                     out.write(chunk)
                     check.update(chunk)
-                out.flush()
-                os.fsync(out.fileno())
             digest = check.finish()
             os.replace(temporary, path)
         finally:

@@ -189,8 +189,10 @@ class Store:
 
 
 class _BigReads(LengthWrapper):  # type: ignore[misc]  # swiftclient has no type hints
-    """Reads at least 1 MiB at a time; http.client would ask for 8 KiB per read, each one a
-    trip through Python for the length bookkeeping and the MD5 update.
+    """Reads at least 1 MiB at a time.
+
+    http.client would ask for 8 KiB per read, each one a trip through Python for the length
+    bookkeeping and the MD5 update.
     """
 
     def read(self, size: int = -1) -> bytes:
