@@ -143,7 +143,10 @@ def _plan(
     from allasrun import scripts
     from allasrun.stageplan import parse_size
 
-    plan = StagePlan() if script is None else scripts.load_plan(script, os.environ, getpass.getuser(), strict)
+    if script is not None:
+        plan = scripts.load_plan(script, os.environ, getpass.getuser(), strict)
+    else:
+        plan = scripts.discover_plan(os.environ, getpass.getuser())
     settings = plan.settings
     if threads is not None:
         settings = replace(settings, threads=threads)

@@ -7,7 +7,7 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-from allasrun import directives, stageplan
+from allasrun import directives, slurm, stageplan
 from allasrun.errors import UsageError
 from allasrun.log import log
 
@@ -20,10 +20,29 @@ def load_plan(
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as error:
         raise UsageError(f"{path}: cannot read the job script ({error.strerror})") from None
-    found, warnings = directives.parse(text, str(path))
-    for warning in warnings:
-        log.warning("%s", warning)
-    return stageplan.build(found, env, login_name, strict)
+    return _plan(text, str(path), env, login_name, strict)
+
+
+def discover_plan(env: Mapping[str, str], login_name: str) -> stageplan.StagePlan:
+    """The plan of the Slurm job's own batch script, so `allasrun -- CMD` needs no `--script`.
+
+    Not in a job, or under an enclosing allasrun (which does the staging): no plan.
+    """
+    job = slurm.job_id(env)
+    if job is None or env.get("ALLASRUN_DIR"):
+        return stageplan.StagePlan()
+    text = slurm.batch_script(env)
+    if text is None:
+        log.debug("job %s: no batch script from scontrol; no #ALLAS staging", job)
+        return stageplan.StagePlan()
+    plan = _plan(text, f"job {job} batch script", env, login_name, strict=True)
+    tasks = env.get("SLURM_STEP_NUM_TASKS", "1")
+    if plan and tasks.isdigit() and int(tasks) > 1:
+        log.warning(
+            "a step of %s tasks does not stage #ALLAS directives yet; run allasrun around srun", tasks
+        )
+        return stageplan.StagePlan()
+    return plan
 
 
 def command_for(path: Path) -> list[str]:
@@ -36,3 +55,12 @@ def command_for(path: Path) -> list[str]:
     if not interpreter:
         raise UsageError(f"{path}:1: empty #! line")
     return [*interpreter, str(path)]
+
+
+def _plan(
+    text: str, label: str, env: Mapping[str, str], login_name: str, strict: bool
+) -> stageplan.StagePlan:
+    found, warnings = directives.parse(text, label)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return stageplan.build(found, env, login_name, strict)

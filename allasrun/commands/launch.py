@@ -8,6 +8,7 @@ with the command's status (or a staging failure's code).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import time
@@ -54,6 +55,9 @@ def run(options: LaunchOptions, env: Mapping[str, str]) -> int:
     if options.plan.settings.project and not env.get("OS_PROJECT_NAME"):
         env = {**env, "OS_PROJECT_NAME": options.plan.settings.project}
     executable = launcher.resolve(options.command[0], env)
+    outer = env.get("ALLASRUN_DIR")
+    if outer and not options.plan and (Path(outer) / "env").is_file():
+        return _inside_outer(executable, options.command, env, Path(outer))
     identity = credentials.gather(env, options.storage_url)
     _hide_secret(identity)
     cache = _cache(options, env, identity)
@@ -202,6 +206,24 @@ class _Run:
             report.write(target, final, command, self.transfers)
             log.info("transfer report written to %s", target)
         return final
+
+
+def _inside_outer(executable: str, command: Sequence[str], env: Mapping[str, str], outer: Path) -> int:
+    """Run under an enclosing allasrun's keeper: no Keystone call, no second set of files.
+
+    That allasrun (around the batch script, say, with `srun allasrun -- cmd` inside) already
+    renews the token and rewrites the files this command's clients read.
+    """
+    log.info("reusing the token and files of the enclosing allasrun in %s", outer)
+    current = dict(env)
+    for line in (outer / "env").read_text(encoding="utf-8").splitlines():
+        name, equals, value = line.removeprefix("export ").partition("=")
+        if equals and name in ("OS_AUTH_TOKEN", "OS_STORAGE_URL"):
+            current[name] = shlex.split(value)[0]
+    supervisor = launcher.Supervisor()
+    supervisor.prepare(executable, command)
+    supervisor.start(current)
+    return supervisor.wait()
 
 
 def _mint(identity: Identity, token: Token, options: LaunchOptions) -> tuple[Identity, Token]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack.stackutil import ROOT, Stack, read_env_file
+from tests.stack.stackutil import ROOT, Slurm, Stack, read_env_file
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +36,17 @@ def home(tmp_path: Path) -> Path:
     path = tmp_path / "home"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
+    given = os.environ.get("MINI_SLURM_ENV")
+    if given:
+        yield Slurm(read_env_file(Path(given)))
+        return
+    state = tmp_path_factory.mktemp("mini-slurm")
+    subprocess.run(["bash", str(ROOT / "stack/mini-slurm"), "start", str(state)], check=True)
+    try:
+        yield Slurm(read_env_file(state / "env"))
+    finally:
+        subprocess.run(["bash", str(ROOT / "stack/mini-slurm"), "stop", str(state)], check=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -163,3 +164,50 @@ def put_object(stack: Stack, bucket: str, name: str, data: bytes) -> None:
     url = f"{stack.env['OS_STORAGE_URL']}/{bucket}/{quote(name).replace('.', '%2E')}"
     response = session.put(url, data=data, headers={"X-Auth-Token": session.get_token() or ""})
     assert response.status_code == 201, response.text
+
+
+FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED")
+
+
+@dataclass(frozen=True)
+class Slurm:
+    """The one-node Slurm from stack/mini-slurm: submit a job, wait for it to end."""
+
+    env: Mapping[str, str]
+
+    def submit(self, script: Path, env: Mapping[str, str], *options: str) -> str:
+        """sbatch the script from its directory with `env` (exported to the job); the job id."""
+        result = subprocess.run(
+            [
+                "sbatch",
+                "--parsable",
+                f"--chdir={script.parent}",
+                f"--output={script.parent}/slurm-%j.out",
+                *options,
+                str(script),
+            ],
+            env={**env, **self.env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout.strip().split(";")[0]
+
+    def job(self, job_id: str) -> dict[str, str]:
+        """`scontrol show job` as a dict (JobState, ExitCode, ...)."""
+        text = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        return dict(word.split("=", 1) for word in text.split() if "=" in word)
+
+    def wait(self, job_id: str, timeout: float = 180) -> dict[str, str]:
+        """Poll until the job has ended; its final `scontrol show job` fields."""
+        return dict(wait_for(lambda: self._ended(job_id), timeout=timeout, what=f"job {job_id} to end"))
+
+    def _ended(self, job_id: str) -> Optional[dict[str, str]]:
+        fields = self.job(job_id)
+        return fields if fields.get("JobState") in FINISHED else None
