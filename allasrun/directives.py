@@ -15,7 +15,17 @@ from allasrun.errors import UsageError
 
 VERBS = ("stage-in", "stage-out", "option")
 WHEN = ("success", "failure", "always")
-SETTINGS = ("project", "threads", "segment-size", "retries", "report", "progress")
+SETTINGS = (
+    "project",
+    "threads",
+    "segment-size",
+    "retries",
+    "report",
+    "progress",
+    "stage-out-lead",
+    "grace",
+    "deadline-signal",
+)
 _PREFIX = re.compile(r"#ALLAS(\s|$)")
 
 

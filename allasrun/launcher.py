@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn, Optional
 
 from allasrun.errors import CommandNotExecutable, CommandNotFound
@@ -135,17 +135,31 @@ class Supervisor:
         os.close(self._errors)
         os.waitpid(self._pid, 0)
 
-    def wait(self) -> int:
-        """Forward signals until the child exits; its status, or 128+N if signal N killed it."""
+    def wait(self, timer: Optional[Callable[[], Optional[float]]] = None) -> int:
+        """Forward signals until the child exits; its status, or 128+N if signal N killed it.
+
+        `timer` (the deadline) is called at start and whenever the seconds it last returned
+        have passed; it returns None when it needs no more calls.
+        """
+        timeout = timer() if timer else None
         while True:
-            info = signal.sigwaitinfo(self._watched)
-            if info.si_signo == signal.SIGCHLD:
+            if timeout is None:
+                info: Optional[signal.struct_siginfo] = signal.sigwaitinfo(self._watched)
+            else:
+                info = signal.sigtimedwait(self._watched, max(timeout, 0.0))
+            if info is None:
+                timeout = timer() if timer else None
+            elif info.si_signo == signal.SIGCHLD:
                 status = self._reap()
                 if status is not None:
                     return status
             elif not self._came_from_terminal(info):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self._pid, info.si_signo)
+                self.send(info.si_signo)
+
+    def send(self, signum: int) -> None:
+        """Signal the command (if it is still there)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._pid, signum)
 
     def _came_from_terminal(self, info: signal.struct_siginfo) -> bool:
         """Ctrl-C already reached the command through the terminal; sending it again hurts."""

@@ -27,24 +27,28 @@ def batch_script(env: Mapping[str, str]) -> Optional[str]:
     return _run(["scontrol", "write", "batch_script", job, "-"], env)
 
 
-def end_time(env: Mapping[str, str]) -> Optional[float]:
-    """When the job's time limit ends, as POSIX seconds; re-read each time, the limit can change.
+def time_window(env: Mapping[str, str]) -> Optional[tuple[float, float]]:
+    """The job's start and end (time limit) as POSIX seconds; re-read it, the limit can move.
 
-    SLURM_JOB_END_TIME exists from Slurm 23.02 on; before that squeue knows (`%e`, local time).
+    Slurm 23.02 and later set SLURM_JOB_START_TIME and SLURM_JOB_END_TIME; before that squeue
+    knows them (`%S %e`, local time without a zone).
     """
     job = job_id(env)
     if job is None:
         return None
-    given = env.get("SLURM_JOB_END_TIME")
-    if given and given.isdigit():
-        return float(given)
-    text = _run(["squeue", "-h", "-j", job, "-o", "%e"], env)
-    if not text or not text.strip() or text.strip() in ("N/A", "NONE", "Unknown"):
-        return None
+    start, end = env.get("SLURM_JOB_START_TIME", ""), env.get("SLURM_JOB_END_TIME", "")
+    if start.isdigit() and end.isdigit():
+        return float(start), float(end)
+    text = _run(["squeue", "-h", "-j", job, "-o", "%S %e"], env)
     try:
-        return datetime.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S").timestamp()
-    except ValueError:
+        first, second = (text or "").split()
+        return _local(first), _local(second)
+    except ValueError:  # pending, unknown, N/A: no deadline to keep
         return None
+
+
+def _local(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp()
 
 
 def _run(command: list[str], env: Mapping[str, str]) -> Optional[str]:

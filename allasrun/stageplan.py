@@ -7,6 +7,7 @@ I/O, so every error carries `file:line:` and appears before anything is transfer
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Optional
@@ -31,6 +32,11 @@ class Settings:
     retries: int = 3
     report: Optional[str] = None
     progress: float = 60.0
+    # In a Slurm job with stage-out: signal the command this long before the time limit
+    # (at most half the job's time), kill it `grace` seconds later, then stage out.
+    stage_out_lead: float = 600.0
+    grace: float = 60.0
+    deadline_signal: int = signal.SIGTERM
 
 
 @dataclass(frozen=True)
@@ -164,11 +170,24 @@ def _settings(directive: Directive, words: Sequence[str], settings: Settings) ->
                 settings = replace(settings, threads=_positive(int(value)))
             elif name == "retries":
                 settings = replace(settings, retries=_positive(int(value)))
-            else:
+            elif name == "progress":
                 settings = replace(settings, progress=float(_positive(int(value))))
+            elif name == "stage-out-lead":
+                settings = replace(settings, stage_out_lead=float(_positive(int(value))))
+            elif name == "grace":
+                settings = replace(settings, grace=float(_positive(int(value))))
+            else:
+                settings = replace(settings, deadline_signal=_signal(value))
         except ValueError as error:
             raise directive.fail(f"bad value for {name}: {error}") from None
     return settings
+
+
+def _signal(name: str) -> int:
+    try:
+        return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+    except KeyError:
+        raise ValueError(f"{name!r} is not a signal name (e.g. TERM, USR1, INT)") from None
 
 
 def _positive(number: int) -> int:

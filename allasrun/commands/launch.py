@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from allasrun import credentials, launcher, paths, report
+from allasrun import credentials, launcher, paths, report, slurm
 from allasrun.clientfiles import ClientFiles
 from allasrun.credentials import Identity
+from allasrun.deadline import Deadline
 from allasrun.errors import EXIT_STAGE_IN, EXIT_STAGE_OUT, AllasrunError
 from allasrun.keeper import Keeper, Schedule, obtain
 from allasrun.log import hide, log
@@ -128,7 +129,7 @@ class _Run:
                 self.options.remote,
                 self.files.directory,
             )
-            status = supervisor.wait()
+            status = supervisor.wait(self._deadline(supervisor))
             log.info(
                 "%s exited with status %d after %d renewal(s)",
                 self.options.command[0],
@@ -139,6 +140,19 @@ class _Run:
             return self._finish(final, status)
         finally:
             keeper.stop()
+
+    def _deadline(self, supervisor: launcher.Supervisor) -> Optional[Deadline]:
+        """In a Slurm job with results to upload: stop the command in time to stage them out."""
+        if not self.options.plan.stage_out or slurm.job_id(self.env) is None:
+            return None
+        settings = self.options.plan.settings
+        return Deadline(
+            lambda: slurm.time_window(self.env),
+            supervisor.send,
+            settings.stage_out_lead,
+            settings.grace,
+            settings.deadline_signal,
+        )
 
     def _renew(self, current: Token) -> Token:
         fresh = obtain(

@@ -1,0 +1,81 @@
+"""The deadline: stop the command early enough that its results are uploaded before Slurm's kill.
+
+At the job's end time minus a lead, the command gets a signal (SIGTERM by default); if it
+is still running after a grace period it is killed, and stage-out runs on what exists. The
+end time is re-read now and then, as `scontrol update TimeLimit=` can move it.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from typing import Optional
+
+from allasrun.log import log
+from allasrun.token import utc_text
+
+RECHECK = 300.0  # seconds between readings of the job's end time
+
+
+class Deadline:
+    """A timer for Supervisor.wait: call it, and it says when to call it again."""
+
+    def __init__(
+        self,
+        window: Callable[[], Optional[tuple[float, float]]],
+        send: Callable[[int], None],
+        lead: float,
+        grace: float,
+        signum: int = signal.SIGTERM,
+    ) -> None:
+        self._window = window
+        self._send = send
+        self.lead = lead
+        self.grace = grace
+        self.signum = signum
+        self.signalled_at: Optional[float] = None
+        self._end: Optional[float] = None
+        self._lead = lead
+        self._read_at = float("-inf")
+        self._done = False
+
+    def __call__(self) -> Optional[float]:
+        """Act if it is time; seconds until the next call, or None when there is nothing left."""
+        now = time.time()
+        if self._done:
+            return None
+        if self.signalled_at is not None:
+            if now < self.signalled_at + self.grace:
+                return self.signalled_at + self.grace - now
+            log.warning("the command outlived the %.0f s grace: killing it to stage out", self.grace)
+            self._send(signal.SIGKILL)
+            self._done = True
+            return None
+        if now - self._read_at >= RECHECK:
+            self._read(now)
+        if self._end is None:
+            return RECHECK
+        at = self._end - self._lead
+        if now < at:
+            return min(at - now, RECHECK - (now - self._read_at))
+        log.warning(
+            "the job ends at %s: sending %s to the command %.0f s ahead, to stage out its results",
+            utc_text(self._end),
+            signal.Signals(self.signum).name,
+            self._end - now,
+        )
+        self._send(self.signum)
+        self.signalled_at = now
+        return self.grace
+
+    def _read(self, now: float) -> None:
+        window = self._window()
+        self._read_at = now
+        if window is None:
+            return
+        start, end = window
+        lead = min(self.lead, (end - start) / 2)  # a short job still gets to run half its time
+        if end != self._end:
+            log.info("job ends at %s; the command will be signalled %.0f s before", utc_text(end), lead)
+        self._end, self._lead = end, lead
