@@ -160,6 +160,34 @@ def _plan(
     return replace(plan, settings=settings)
 
 
+@app.command(
+    "sbatch",
+    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+    help="Check a job script and its Allas inputs, give the job credentials that outlive the queue "
+    "(no password in its environment), and submit it with sbatch, its batch step under allasrun.",
+)
+def sbatch(
+    argv: Annotated[List[str], typer.Argument(metavar="[SBATCH OPTIONS] SCRIPT [ARGS]...")],
+    password_env: Annotated[
+        bool,
+        typer.Option(help="Export OS_PASSWORD to the job instead (sites without application credentials)."),
+    ] = False,
+    queue_hours: Annotated[
+        float, typer.Option(metavar="HOURS", help="Queue wait the job credential must outlive.")
+    ] = 72.0,
+    margin_hours: Annotated[
+        float, typer.Option(metavar="HOURS", help="Added to queue wait + time limit for its expiry.")
+    ] = 1.0,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    from allasrun.commands import sbatch as sbatch_command
+
+    _setup(verbose, quiet)
+    options = sbatch_command.SbatchOptions(argv, password_env, queue_hours, margin_hours)
+    raise typer.Exit(sbatch_command.run(options, os.environ))
+
+
 @app.command("login", help="Store an application credential so later runs need no password.")
 def login(
     days: Annotated[float, typer.Option(metavar="DAYS", help="Days until the credential expires.")] = 30.0,

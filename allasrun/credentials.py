@@ -10,6 +10,7 @@ import getpass
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Optional
 
 from allasrun import credstore
@@ -44,7 +45,10 @@ def gather(
     """Build the identity for this run, prompting only when stdin is a terminal."""
     target = target_from_env(env, getpass.getuser(), storage_url)
     stored = None
-    if use_stored:
+    if env.get("ALLASRUN_CREDENTIALS"):  # handed to this job by `allasrun sbatch`
+        path = Path(env["ALLASRUN_CREDENTIALS"])
+        stored = credstore.read(path).credential(path)
+    elif use_stored:
         found = credstore.load(config_dir(env), target.project_name, target.auth_url)
         if found is not None:
             path, record = found

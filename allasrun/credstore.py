@@ -1,4 +1,7 @@
-"""Application credentials saved by `allasrun login`: one 0600 JSON file per project."""
+"""Application credentials kept in 0600 JSON files.
+
+`allasrun login` keeps one per project; `allasrun sbatch` hands one to each submission.
+"""
 
 from __future__ import annotations
 
@@ -25,10 +28,14 @@ class StoredCredential:
     secret: str
     name: str
     expires_at: str
+    # For `allasrun sbatch`: the job it was given to, and whether it was created for that job
+    # (and so is deleted once the job has left the queue).
+    job_id: str = ""
+    owned: bool = False
 
     def credential(self, path: Path) -> AppCredential:
         """The secret in the form the keeper uses, naming its file as its origin."""
-        return AppCredential(self.id, self.secret, f"stored by 'allasrun login' in {path}")
+        return AppCredential(self.id, self.secret, f"stored in {path}")
 
 
 def path_for(directory: Path, project_name: str) -> Path:
@@ -53,19 +60,28 @@ def load(
     path = candidates[0]
     if not path.exists():
         return None
-    check_private(path)
-    try:
-        stored = StoredCredential(**json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, TypeError) as error:
-        raise UsageError(f"{path}: not a credentials file written by 'allasrun login' ({error})") from None
+    stored = read(path)
     if stored.auth_url.rstrip("/") != auth_url.rstrip("/"):
         return None
     return path, stored
 
 
+def read(path: Path) -> StoredCredential:
+    """One credentials file; refused when others can read it or it is not ours."""
+    check_private(path)
+    try:
+        return StoredCredential(**json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"{path}: not a credentials file written by allasrun ({error})") from None
+
+
 def save(directory: Path, stored: StoredCredential) -> Path:
     """Write the credential 0600 in a 0700 directory, replacing any earlier one atomically."""
-    path = path_for(directory, stored.project_name)
+    return write(path_for(directory, stored.project_name), stored)
+
+
+def write(path: Path, stored: StoredCredential) -> Path:
+    """Write one credentials file, 0600 in a 0700 directory, atomically."""
     private_dir(path.parent)
     write_atomic(path, json.dumps(asdict(stored), indent=2) + "\n")
     return path

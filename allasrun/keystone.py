@@ -84,15 +84,30 @@ def create_app_credential(
 
 
 def delete_app_credential(target: Target, token: Token, credential_id: str) -> None:
-    """Revoke an application credential; tokens issued from it stop working at once."""
-    _request(target, token, "DELETE", f"/users/{token.user_id}/application_credentials/{credential_id}")
+    """Revoke an application credential; tokens issued from it stop working at once.
+
+    One that is already gone (deleted, or expired and purged) counts as revoked.
+    """
+    path = f"/users/{token.user_id}/application_credentials/{credential_id}"
+    _request(target, token, "DELETE", path, missing_ok=True)
 
 
-def _request(target: Target, token: Token, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def _request(
+    target: Target,
+    token: Token,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    missing_ok: bool = False,
+) -> Any:
     session = ks_session.Session(timeout=TIMEOUT)
     url = target.auth_url.rstrip("/") + path
     try:
         return session.request(url, method, headers={"X-Auth-Token": token.value}, json=body)
+    except ks_exc.NotFound as error:
+        if missing_ok:
+            return None
+        _raise_mapped(error, target, f"{method} {path}")
     except ks_exc.ClientException as error:
         _raise_mapped(error, target, f"{method} {path}")
 

@@ -59,3 +59,9 @@ def _run(command: list[str], env: Mapping[str, str]) -> Optional[str]:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout if result.returncode == 0 else None
+
+
+def job_active(job: str, env: Mapping[str, str]) -> bool:
+    """Whether a job (or any task of an array) is still pending or running."""
+    text = _run(["squeue", "-h", "-j", job, "-o", "%T"], env)
+    return bool(text and text.strip())

@@ -30,7 +30,7 @@ def test_login_then_run_without_a_password(stack: Stack, home: Path) -> None:
     run = allasrun(["--", "rclone", "lsf", "allas:"], no_password)
     assert run.returncode == 0, run.stderr
     assert "login-bucket/" in run.stdout.splitlines()
-    assert f"application credential {first_id} (stored by 'allasrun login'" in run.stderr
+    assert f"application credential {first_id} (stored in {stored})" in run.stderr
     assert "created application credential" not in run.stderr  # a stored credential needs no new one
 
     second = allasrun(["login"], env)

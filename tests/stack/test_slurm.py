@@ -6,7 +6,18 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.stack.stackutil import Slurm, Stack, make_bucket, put_object, rclone, user_env, wait_for
+from allasrun import errors
+from tests.stack.stackutil import (
+    Slurm,
+    Stack,
+    allasrun,
+    make_bucket,
+    put_object,
+    rclone,
+    secrets_of,
+    user_env,
+    wait_for,
+)
 
 JOB = """#!/bin/bash
 #SBATCH --time=5 --job-name=upper
@@ -105,3 +116,89 @@ def test_job_whose_stage_in_fails_never_runs_its_command(
     assert (fields["JobState"], fields["ExitCode"]) == ("FAILED", "74:0"), output
     assert f"job {job_id} batch script:3" in output and "no object matches" in output
     assert not (tmp_path / "ran").exists()
+
+
+def jobs_in_queue(slurm: Slurm) -> list[str]:
+    listing = subprocess.run(
+        ["squeue", "-h", "-o", "%i"],
+        env={**os.environ, **slurm.env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return listing.stdout.split()
+
+
+def sbatch(stack: Stack, slurm: Slurm, home: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return allasrun(["sbatch", *args], {**user_env(stack, home), **slurm.env}, cwd=cwd)
+
+
+def test_sbatch_refuses_a_bad_script(stack: Stack, slurm: Slurm, home: Path, tmp_path: Path) -> None:
+    script = tmp_path / "bad.sh"
+    script.write_text("#!/bin/bash\n#SBATCH --time=5\n#ALLAS stage-out results/\necho never\n")
+    before = jobs_in_queue(slurm)
+    result = sbatch(stack, slurm, home, tmp_path, "--parsable", str(script))
+    assert result.returncode == errors.EXIT_USAGE
+    assert f"{script}:3: stage-out takes SOURCE DESTINATION, got 1 argument(s)" in result.stderr
+    assert result.stdout == ""
+    assert jobs_in_queue(slurm) == before
+
+
+def test_sbatch_refuses_missing_inputs(stack: Stack, slurm: Slurm, home: Path, tmp_path: Path) -> None:
+    make_bucket(stack, "slurm-data")
+    script = tmp_path / "needs.sh"
+    script.write_text("#!/bin/bash\n#ALLAS stage-in slurm-data/not/there/\ntrue\n")
+    before = jobs_in_queue(slurm)
+    result = sbatch(stack, slurm, home, tmp_path, str(script))
+    assert result.returncode == errors.EXIT_STAGE_IN
+    assert f"{script}:2: stage-in allas:slurm-data/not/there/: no object matches" in result.stderr
+    assert jobs_in_queue(slurm) == before
+
+
+WRAPPED_JOB = """#!/bin/bash
+#SBATCH --time=5
+#ALLAS stage-in  slurm-data/in/words.txt
+#ALLAS stage-out result.txt slurm-data/sbatch/%x-%j/
+# No allasrun word here: `allasrun sbatch` runs this batch step under allasrun.
+env > job-env.txt
+stat -c %a "$ALLASRUN_CREDENTIALS" > cred-mode.txt
+sed -n 's/^application_credential_id = //p' "$RCLONE_CONFIG" > cred-id.txt
+tr a-z A-Z < words.txt > result.txt
+"""
+
+
+def test_sbatch_hands_over_a_credential_not_a_password(
+    stack: Stack, slurm: Slurm, home: Path, tmp_path: Path
+) -> None:
+    make_bucket(stack, "slurm-data")
+    put_object(stack, "slurm-data", "in/words.txt", b"hello allas\n")
+    script = tmp_path / "job.sh"
+    script.write_text(WRAPPED_JOB)
+    submitted = sbatch(
+        stack, slurm, home, tmp_path, "--parsable", f"--output={tmp_path}/out-%j.txt", str(script)
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    assert job_id.isdigit()
+    fields = slurm.wait(job_id)
+    output = (tmp_path / f"out-{job_id}.txt").read_text()
+    assert (fields["JobState"], fields["ExitCode"], fields["JobName"]) == ("COMPLETED", "0:0", "job.sh"), (
+        output
+    )
+    uploaded = rclone(stack, tmp_path, "cat", f"ref:slurm-data/sbatch/job.sh-{job_id}/result.txt").stdout
+    assert uploaded == "HELLO ALLAS\n"
+    job_env = (tmp_path / "job-env.txt").read_text()
+    assert "OS_PASSWORD" not in job_env
+    for secret in secrets_of(stack):
+        assert secret not in job_env and secret not in output
+    assert (tmp_path / "cred-mode.txt").read_text().strip() == "600"
+    credential = (tmp_path / "cred-id.txt").read_text().strip()
+    assert stack.app_credential_exists(credential)  # the job ended; the next submission sweeps it
+    wrap = ["--parsable", f"--output={tmp_path}/wrap-%j.txt", "--wrap", "rclone lsf allas:slurm-data/in"]
+    again = sbatch(stack, slurm, home, tmp_path, *wrap)
+    assert again.returncode == 0, again.stderr
+    assert f"deleted application credential {credential} of finished job {job_id}" in again.stderr
+    assert not stack.app_credential_exists(credential)
+    wrap_job = again.stdout.strip()
+    assert slurm.wait(wrap_job)["ExitCode"] == "0:0"
+    assert "words.txt" in (tmp_path / f"wrap-{wrap_job}.txt").read_text()

@@ -1,0 +1,123 @@
+"""Reading an sbatch command line and job script the way sbatch does (pure, no I/O).
+
+allasrun sbatch passes every option through untouched; it only needs to know which word is
+the script, the time limit (for the credential's expiry), and where the header ends.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+# sbatch options that take no value; every other option without `=` takes the next word.
+FLAGS = {
+    "--parsable", "--wait", "-W", "--hold", "-H", "--exclusive", "--requeue", "--no-requeue",
+    "--test-only", "--quiet", "-Q", "--overcommit", "-O", "--contiguous", "--spread-job",
+    "--use-min-nodes", "--ignore-pbs", "--no-kill", "-k", "--verbose", "-v", "--help", "-h",
+    "--usage", "--version", "-V", "--get-user-env", "--oversubscribe", "-s", "--reboot",
+}  # fmt: skip
+_SHELLS = re.compile(r"(^|/)(env\s+)?(ba|z|k|da)?sh\b")
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """sbatch's options, the script (None with --wrap) and the script's own arguments."""
+
+    options: tuple[str, ...]
+    script: Optional[str]
+    arguments: tuple[str, ...]
+
+    def option(self, *names: str) -> Optional[str]:
+        """The value of the last of these options given (`--time=5`, `--time 5`, `-t5`, `-t 5`)."""
+        found = None
+        words = list(self.options)
+        for index, word in enumerate(words):
+            for name in names:
+                if word == name and index + 1 < len(words):
+                    found = words[index + 1]
+                elif word.startswith(name + "=") and name.startswith("--"):
+                    found = word[len(name) + 1 :]
+                elif len(name) == 2 and word.startswith(name) and len(word) > 2 and not word.startswith("--"):
+                    found = word[2:]
+        return found
+
+
+def split(argv: Sequence[str]) -> CommandLine:
+    """Options up to the first word that is not an option or an option's value."""
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word == "--":
+            index += 1
+            break
+        if not word.startswith("-") or word == "-":
+            break
+        takes_value = word not in FLAGS and "=" not in word and not _short_with_value(word)
+        index += 2 if takes_value else 1
+    options = tuple(argv[: min(index, len(argv))])
+    rest = argv[index:]
+    if any(w == "--wrap" or w.startswith("--wrap=") for w in options):
+        return CommandLine(options, None, tuple(rest))
+    return CommandLine(options, rest[0] if rest else None, tuple(rest[1:]))
+
+
+def _short_with_value(word: str) -> bool:
+    return len(word) > 2 and word[1] != "-"
+
+
+def time_limit(line: CommandLine, script_text: str) -> Optional[float]:
+    """The job's time limit in seconds, from the command line or `#SBATCH` lines."""
+    given = line.option("--time", "-t")
+    if given is None:
+        for header in _sbatch_lines(script_text):
+            given = split(header).option("--time", "-t") or given
+    return parse_time(given) if given else None
+
+
+def parse_time(text: str) -> Optional[float]:
+    """Slurm's formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; None for UNLIMITED or nonsense."""
+    days, _, rest = text.partition("-") if "-" in text else ("0", "", text)
+    parts = rest.split(":")
+    try:
+        numbers = [int(days), *(int(p) for p in parts)]
+    except ValueError:
+        return None
+    if "-" in text:  # D-H[:M[:S]]
+        d, h, m, s = ([*numbers, 0, 0, 0])[:4]
+    elif len(parts) == 3:
+        d, (h, m, s) = 0, numbers[1:]
+    else:  # M or M:S
+        d, h, (m, s) = 0, 0, ([*numbers[1:], 0])[:2]
+    return float(((d * 24 + h) * 60 + m) * 60 + s)
+
+
+def _sbatch_lines(text: str) -> list[list[str]]:
+    words = []
+    for line in text.splitlines()[1:]:
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            break
+        if stripped.startswith("#SBATCH"):
+            words.append(shlex.split(stripped[len("#SBATCH") :], comments=True))
+    return words
+
+
+def is_shell_script(text: str) -> bool:
+    """Whether the script runs under a POSIX shell (no #! line means /bin/sh, as sbatch)."""
+    first = text.split("\n", 1)[0]
+    return not first.startswith("#!") or bool(_SHELLS.search(first[2:].strip()))
+
+
+def wrapped(text: str, guard: str) -> str:
+    """The script with `guard` inserted before its first command, after every #SBATCH line."""
+    lines = text.splitlines(keepends=True)
+    at = next(
+        (i for i, line in enumerate(lines) if i > 0 and line.strip() and not line.strip().startswith("#")),
+        len(lines),
+    )
+    if at == len(lines) and lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    return "".join([*lines[:at], guard + "\n", *lines[at:]])
