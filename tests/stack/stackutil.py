@@ -208,6 +208,21 @@ class Slurm:
         """Poll until the job has ended; its final `scontrol show job` fields."""
         return dict(wait_for(lambda: self._ended(job_id), timeout=timeout, what=f"job {job_id} to end"))
 
+    def wait_gone(self, job_id: str, timeout: float = 180) -> None:
+        """Poll until no task of the job (an array, say) is pending or running."""
+
+        def gone() -> bool:
+            listing = subprocess.run(
+                ["squeue", "-h", "-j", job_id],
+                env={**os.environ, **self.env},
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            return listing.returncode != 0 or not listing.stdout.strip()
+
+        wait_for(gone, timeout=timeout, what=f"job {job_id} to leave the queue")
+
     def _ended(self, job_id: str) -> Optional[dict[str, str]]:
         fields = self.job(job_id)
         return fields if fields.get("JobState") in FINISHED else None

@@ -1,0 +1,79 @@
+"""Every script in slurm-examples/, submitted with `allasrun sbatch` to the real Slurm."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.stack.stackutil import ROOT, Slurm, Stack, allasrun, make_bucket, put_object, rclone, user_env
+
+BUCKET = "examples-bucket"
+DATA = b"pear\napple\nfig\n"
+
+
+@pytest.fixture(scope="module")
+def inputs(stack: Stack) -> None:
+    make_bucket(stack, BUCKET)
+    put_object(stack, BUCKET, "dataset34/data2.txt", DATA)
+    for task in (1, 2, 3):
+        put_object(stack, BUCKET, f"slices/{task}/input.txt", b"line\n" * task)
+
+
+def submit(stack: Stack, slurm: Slurm, home: Path, tmp_path: Path, name: str) -> str:
+    script = tmp_path / name
+    shutil.copy(ROOT / "slurm-examples" / name, script)
+    env = {**user_env(stack, home, BUCKET=BUCKET), **slurm.env}
+    result = allasrun(["sbatch", "--parsable", name], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip()
+    slurm.wait_gone(job, timeout=150)
+    return job
+
+
+def cat(stack: Stack, tmp_path: Path, name: str) -> str:
+    return rclone(stack, tmp_path, "cat", f"ref:{BUCKET}/{name}").stdout
+
+
+@pytest.mark.usefixtures("inputs")
+def test_a_commands_example(stack: Stack, slurm: Slurm, home: Path, tmp_path: Path) -> None:
+    job = submit(stack, slurm, home, tmp_path, "a-commands.sh")
+    assert cat(stack, tmp_path, f"results34/{job}/sorted.txt") == "apple\nfig\npear\n", _logs(tmp_path)
+
+
+@pytest.mark.usefixtures("inputs")
+def test_rclone_style_example(stack: Stack, slurm: Slurm, home: Path, tmp_path: Path) -> None:
+    job = submit(stack, slurm, home, tmp_path, "rclone-style.sh")
+    assert cat(stack, tmp_path, f"rclone-results34/{job}/sorted.txt") == "apple\nfig\npear\n", _logs(tmp_path)
+
+
+@pytest.mark.usefixtures("inputs")
+def test_array_example_stages_three_slices(stack: Stack, slurm: Slurm, home: Path, tmp_path: Path) -> None:
+    job = submit(stack, slurm, home, tmp_path, "array.sh")
+    for task in (1, 2, 3):
+        assert cat(stack, tmp_path, f"slices-out/{job}_{task}/lines.txt").strip() == str(task), _logs(
+            tmp_path
+        )
+
+
+@pytest.mark.usefixtures("inputs")
+def test_many_tasks_example(stack: Stack, slurm: Slurm, home: Path, tmp_path: Path) -> None:
+    job = submit(stack, slurm, home, tmp_path, "many-tasks.sh")
+    for rank in (0, 1):
+        assert cat(stack, tmp_path, f"tasks/{job}/part-{rank}.txt") == "3\ndata2.txt\n", _logs(tmp_path)
+    log = next(tmp_path.glob("tasks_*.txt")).read_text()
+    assert log.count("stage-in:") == 1 and log.count("stage-out:") == 1, log
+
+
+@pytest.mark.usefixtures("inputs")
+def test_deadline_example_uploads_before_the_limit(
+    stack: Stack, slurm: Slurm, home: Path, tmp_path: Path
+) -> None:
+    job = submit(stack, slurm, home, tmp_path, "deadline.sh")
+    assert cat(stack, tmp_path, f"deadline/{job}/latest.txt").startswith("state after step "), _logs(tmp_path)
+    assert "sending SIGTERM to the command" in next(tmp_path.glob("deadline_*.txt")).read_text()
+
+
+def _logs(directory: Path) -> str:
+    return "\n".join(f"== {p.name}\n{p.read_text()}" for p in sorted(directory.glob("*.txt")))
