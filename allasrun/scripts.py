@@ -35,14 +35,7 @@ def discover_plan(env: Mapping[str, str], login_name: str) -> stageplan.StagePla
     if text is None:
         log.debug("job %s: no batch script from scontrol; no #ALLAS staging", job)
         return stageplan.StagePlan()
-    plan = _plan(text, f"job {job} batch script", env, login_name, strict=True)
-    tasks = env.get("SLURM_STEP_NUM_TASKS", "1")
-    if plan and tasks.isdigit() and int(tasks) > 1:
-        log.warning(
-            "a step of %s tasks does not stage #ALLAS directives yet; run allasrun around srun", tasks
-        )
-        return stageplan.StagePlan()
-    return plan
+    return _plan(text, f"job {job} batch script", env, login_name, strict=True)
 
 
 def command_for(path: Path) -> list[str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from allasrun import credentials, launcher, paths, report, slurm
+from allasrun import credentials, launcher, paths, report, slurm, step
 from allasrun.clientfiles import ClientFiles
 from allasrun.credentials import Identity
 from allasrun.deadline import Deadline
@@ -58,7 +58,35 @@ def run(options: LaunchOptions, env: Mapping[str, str]) -> int:
     executable = launcher.resolve(options.command[0], env)
     outer = env.get("ALLASRUN_DIR")
     if outer and not options.plan and (Path(outer) / "env").is_file():
-        return _inside_outer(executable, options.command, env, Path(outer))
+        log.info("reusing the token and files of the enclosing allasrun in %s", outer)
+        rclone_config = env.get("RCLONE_CONFIG") or str(Path(outer) / "rclone.conf")
+        return _with_files_of(Path(outer), executable, options.command, env, rclone_config)
+    role = step.from_env(env)
+    if role is not None and not role.leads:
+        return _follow(role, executable, options.command, env)
+    if role is None:
+        directory = paths.runtime_dir(env) / f"run-{os.getpid()}"
+    else:
+        directory = paths.owned_private_dir(role.directory(paths.runtime_dir(env)))
+        step.mark_started(directory)
+    try:
+        return _lead(options, env, executable, directory, role)
+    except AllasrunError as error:
+        if role is not None:  # the step's other tasks stop with the same status
+            step.announce(directory, error.exit_code)
+        raise
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _lead(
+    options: LaunchOptions,
+    env: Mapping[str, str],
+    executable: str,
+    directory: Path,
+    role: Optional[step.Step],
+) -> int:
+    """Authenticate (trading a password for a run credential), then supervise the run."""
     identity = credentials.gather(env, options.storage_url)
     _hide_secret(identity)
     cache = _cache(options, env, identity)
@@ -75,13 +103,26 @@ def run(options: LaunchOptions, env: Mapping[str, str]) -> int:
         owner = identity
         identity, token = _mint(identity, token, options)
         cache = None  # no other run can use this credential's tokens
-    directory = paths.runtime_dir(env) / f"run-{os.getpid()}"
     try:
-        return _Run(options, env, identity, cache, directory).supervise(token, executable)
+        return _Run(options, env, identity, cache, directory, role).supervise(token, executable)
     finally:
         if owner is not None and isinstance(identity.secret, AppCredential):
             _revoke(owner, identity.secret)
-        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _follow(role: step.Step, executable: str, command: Sequence[str], env: Mapping[str, str]) -> int:
+    """A task other than its node's leader: wait for the leader's files and stage-in, then run."""
+    directory = role.directory(paths.runtime_dir(env))
+    status = step.await_leader(directory)
+    if status is not None:
+        log.error("task %d: the step's leader stopped with status %d; not starting", role.proc_id, status)
+        return status
+    status = 1
+    try:
+        status = _with_files_of(directory, executable, command, env, str(directory / "rclone.conf"))
+    finally:
+        step.mark_done(directory, role.local_id, status)
+    return status
 
 
 class _Run:
@@ -94,8 +135,10 @@ class _Run:
         identity: Identity,
         cache: Optional[TokenCache],
         directory: Path,
+        role: Optional[step.Step] = None,
     ) -> None:
         self.options = options
+        self.role = role
         self.env = env
         self.identity = identity
         self.cache = cache
@@ -117,8 +160,10 @@ class _Run:
             if stager is not None and self.options.plan.stage_in:
                 refused = self._stage_in(stager, supervisor)
                 if refused is not None:
+                    self._announce(refused)
                     supervisor.abandon()
                     return self._finish(refused, None)
+            self._announce(None)
             supervisor.start(
                 child_environment(self.env, self.files.environment(keeper.token), self.options.keep_password)
             )
@@ -136,10 +181,17 @@ class _Run:
                 status,
                 keeper.renewals,
             )
-            final = self._stage_out(stager, status) if stager is not None else status
+            if self.role is not None:  # the node's other tasks still use this keeper's files
+                step.await_followers(self.files.directory, self.role.node_tasks)
+            uploads = stager is not None and (self.role is None or self.role.stages_out)
+            final = self._stage_out(stager, status) if uploads and stager is not None else status
             return self._finish(final, status)
         finally:
             keeper.stop()
+
+    def _announce(self, status: Optional[int]) -> None:
+        if self.role is not None:
+            step.announce(self.files.directory, status)
 
     def _deadline(self, supervisor: launcher.Supervisor) -> Optional[Deadline]:
         """In a Slurm job with results to upload: stop the command in time to stage them out."""
@@ -222,15 +274,23 @@ class _Run:
         return final
 
 
-def _inside_outer(executable: str, command: Sequence[str], env: Mapping[str, str], outer: Path) -> int:
-    """Run under an enclosing allasrun's keeper: no Keystone call, no second set of files.
+def _with_files_of(
+    directory: Path, executable: str, command: Sequence[str], env: Mapping[str, str], rclone_config: str
+) -> int:
+    """Run the command on the files another allasrun keeps current: no Keystone call at all.
 
-    That allasrun (around the batch script, say, with `srun allasrun -- cmd` inside) already
-    renews the token and rewrites the files this command's clients read.
+    That allasrun encloses this one (around the batch script, with `srun allasrun -- cmd`
+    inside) or leads this node's tasks of the step; its keeper renews what we read here.
     """
-    log.info("reusing the token and files of the enclosing allasrun in %s", outer)
-    current = dict(env)
-    for line in (outer / "env").read_text(encoding="utf-8").splitlines():
+    current = child_environment(
+        env,
+        {
+            "RCLONE_CONFIG": rclone_config,
+            "ALLASRUN_ENV_FILE": str(directory / "env"),
+            "ALLASRUN_DIR": str(directory),
+        },
+    )
+    for line in (directory / "env").read_text(encoding="utf-8").splitlines():
         name, equals, value = line.removeprefix("export ").partition("=")
         if equals and name in ("OS_AUTH_TOKEN", "OS_STORAGE_URL"):
             current[name] = shlex.split(value)[0]

@@ -6,11 +6,14 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from allasrun import errors
 from tests.stack.stackutil import (
     Slurm,
     Stack,
     allasrun,
+    app_credential_env,
     make_bucket,
     put_object,
     rclone,
@@ -202,3 +205,34 @@ def test_sbatch_hands_over_a_credential_not_a_password(
     wrap_job = again.stdout.strip()
     assert slurm.wait(wrap_job)["ExitCode"] == "0:0"
     assert "words.txt" in (tmp_path / f"wrap-{wrap_job}.txt").read_text()
+
+
+MANY_TASKS = """#!/bin/bash
+#SBATCH --ntasks=2 --time=5
+#ALLAS stage-in  slurm-data/in/words.txt
+#ALLAS stage-out out/ slurm-data/srun/%j/
+mkdir -p out
+out='out/task-$SLURM_PROCID.txt'
+work="rclone lsf allas:slurm-data/in > $out; cat words.txt >> $out"
+srun -n 2 allasrun -- sh -c "$work"
+"""
+
+
+@pytest.mark.exclusive
+def test_srun_tasks_share_one_keeper_and_stage_once(
+    stack: Stack, slurm: Slurm, home: Path, tmp_path: Path
+) -> None:
+    make_bucket(stack, "slurm-data")
+    put_object(stack, "slurm-data", "in/words.txt", b"hello allas\n")
+    script = tmp_path / "job.sh"
+    script.write_text(MANY_TASKS)
+    before = stack.allasrun_logins()
+    job_id = slurm.submit(script, app_credential_env(stack, home))
+    fields = slurm.wait(job_id)
+    output = (tmp_path / f"slurm-{job_id}.out").read_text()
+    assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), output
+    assert stack.allasrun_logins() - before == 1, output  # one login for the node, not one per task
+    assert output.count("stage-in:") == 1 and output.count("stage-out:") == 1, output
+    for rank in (0, 1):
+        uploaded = rclone(stack, tmp_path, "cat", f"ref:slurm-data/srun/{job_id}/task-{rank}.txt").stdout
+        assert uploaded == "words.txt\nhello allas\n", output

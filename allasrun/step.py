@@ -1,0 +1,127 @@
+"""Tasks of one srun step sharing one keeper: `srun -n N allasrun -- cmd`.
+
+On each node the task with SLURM_LOCALID 0 leads: it authenticates, writes the client files
+into a directory the node's tasks share, stages in, and says `ready` (or the exit status that
+stops everyone). The other tasks wait for that, run their command with the leader's files,
+and report `done`. The leader keeps renewing until its node's tasks are done; stage-out runs
+once per job, on the leader of SLURM_PROCID 0. Keystone sees one login per node.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from allasrun.atomicfile import write_atomic
+
+POLL = 0.2  # seconds between looks at the shared directory; tasks wait here only at start/end
+_REPEAT = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
+
+
+@dataclass(frozen=True)
+class Step:
+    """A task's place in a multi-task step."""
+
+    job: str
+    step: str
+    local_id: int
+    proc_id: int
+    node_tasks: int
+
+    @property
+    def leads(self) -> bool:
+        """Whether this task keeps the token and stages for its node."""
+        return self.local_id == 0
+
+    @property
+    def stages_out(self) -> bool:
+        """Whether this task uploads the results (once per job)."""
+        return self.proc_id == 0
+
+    def directory(self, base: Path) -> Path:
+        """The directory the node's tasks of this step share."""
+        return base / f"step-{self.job}.{self.step}"
+
+
+def from_env(env: Mapping[str, str]) -> Optional[Step]:
+    """The step role, or None outside a step of more than one task on this node."""
+    try:
+        tasks = tasks_on_node(env["SLURM_STEP_TASKS_PER_NODE"], int(env["SLURM_NODEID"]))
+        role = Step(
+            env["SLURM_JOB_ID"],
+            env["SLURM_STEP_ID"],
+            int(env["SLURM_LOCALID"]),
+            int(env["SLURM_PROCID"]),
+            tasks,
+        )
+    except (KeyError, ValueError, IndexError):
+        return None
+    return role if role.node_tasks > 1 else None
+
+
+def tasks_on_node(layout: str, node: int) -> int:
+    """Slurm's `2(x3),1` (tasks per node) expanded, for node number `node`."""
+    counts: list[int] = []
+    for part in layout.split(","):
+        match = _REPEAT.match(part.strip())
+        if match is None:
+            raise ValueError(f"unknown tasks-per-node layout {layout!r}")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts[node]
+
+
+def announce(directory: Path, status: Optional[int]) -> None:
+    """Leader: the files are written and stage-in is over; None means go, a number means stop."""
+    write_atomic(directory / "ready", "go\n" if status is None else f"{status}\n")
+
+
+def await_leader(directory: Path, leader_alive: float = 30.0) -> Optional[int]:
+    """Follower: wait for the leader's word; the status to exit with if the command must not run.
+
+    A leader that never creates the directory within `leader_alive` seconds, or whose process
+    is gone before it says ready, is reported as a stage-in failure.
+    """
+    started = time.monotonic()
+    while True:
+        ready = directory / "ready"
+        if ready.exists():
+            word = ready.read_text().strip()
+            return None if word == "go" else int(word)
+        pid_file = directory / "leader"
+        if pid_file.exists():
+            if not _alive(int(pid_file.read_text())):
+                return 74
+        elif time.monotonic() - started > leader_alive:
+            return 74
+        time.sleep(POLL)
+
+
+def mark_started(directory: Path) -> None:
+    """Leader: record its pid so followers can tell a dead leader from a slow stage-in."""
+    write_atomic(directory / "leader", f"{os.getpid()}\n")
+
+
+def mark_done(directory: Path, local_id: int, status: int) -> None:
+    """Follower: its command has ended."""
+    write_atomic(directory / f"done-{local_id}", f"{status}\n")
+
+
+def await_followers(directory: Path, count: int) -> None:
+    """Leader: wait until the node's other tasks are done, keeping their token alive meanwhile."""
+    while not all((directory / f"done-{n}").exists() for n in range(1, count)):
+        time.sleep(POLL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
