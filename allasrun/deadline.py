@@ -2,7 +2,8 @@
 
 At the job's end time minus a lead, the command gets a signal (SIGTERM by default); if it
 is still running after a grace period it is killed, and stage-out runs on what exists. The
-end time is re-read now and then, as `scontrol update TimeLimit=` can move it.
+end time is re-read now and then, as `scontrol update TimeLimit=` can move it. Slurm's own
+warning, `--signal=B:USR1@N`, starts the same sequence at once.
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ class Deadline:
         self._send(self.signum)
         self.signalled_at = now
         return self.grace
+
+    def heard(self, signum: int) -> None:
+        """Slurm's warning (`--signal=B:USR1@N`, forwarded already) means: the deadline is now."""
+        if signum != signal.SIGUSR1 or self.signalled_at is not None:
+            return
+        log.warning("SIGUSR1 from Slurm: the job is about to end; stopping the command to stage out")
+        if self.signum != signal.SIGUSR1:
+            self._send(self.signum)
+        self.signalled_at = time.time()
 
     def _read(self, now: float) -> None:
         window = self._window()

@@ -135,11 +135,16 @@ class Supervisor:
         os.close(self._errors)
         os.waitpid(self._pid, 0)
 
-    def wait(self, timer: Optional[Callable[[], Optional[float]]] = None) -> int:
+    def wait(
+        self,
+        timer: Optional[Callable[[], Optional[float]]] = None,
+        heard: Optional[Callable[[int], None]] = None,
+    ) -> int:
         """Forward signals until the child exits; its status, or 128+N if signal N killed it.
 
-        `timer` (the deadline) is called at start and whenever the seconds it last returned
-        have passed; it returns None when it needs no more calls.
+        `timer` (the deadline) is called at start, whenever the seconds it last returned have
+        passed, and after `heard` has been told of a forwarded signal; it returns None when it
+        needs no more calls.
         """
         timeout = timer() if timer else None
         while True:
@@ -155,6 +160,9 @@ class Supervisor:
                     return status
             elif not self._came_from_terminal(info):
                 self.send(info.si_signo)
+                if heard is not None:
+                    heard(info.si_signo)
+                    timeout = timer() if timer else None
 
     def send(self, signum: int) -> None:
         """Signal the command (if it is still there)."""

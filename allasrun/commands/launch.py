@@ -174,7 +174,8 @@ class _Run:
                 self.options.remote,
                 self.files.directory,
             )
-            status = supervisor.wait(self._deadline(supervisor))
+            deadline = self._deadline(supervisor)
+            status = supervisor.wait(deadline, deadline.heard if deadline else None)
             log.info(
                 "%s exited with status %d after %d renewal(s)",
                 self.options.command[0],

@@ -236,3 +236,51 @@ def test_srun_tasks_share_one_keeper_and_stage_once(
     for rank in (0, 1):
         uploaded = rclone(stack, tmp_path, "cat", f"ref:slurm-data/srun/{job_id}/task-{rank}.txt").stdout
         assert uploaded == "words.txt\nhello allas\n", output
+
+
+WARNED_JOB = """#!/bin/bash
+#SBATCH --time=10
+#ALLAS stage-out results/ slurm-data/warned/%j/
+#ALLAS option grace=5
+mkdir -p results
+exec allasrun -- sh -c 'trap "" USR1; echo "checkpoint" > results/c.txt; touch started; exec sleep 3600'
+"""
+
+
+def test_slurm_warning_signal_starts_stage_out(
+    stack: Stack, slurm: Slurm, home: Path, tmp_path: Path
+) -> None:
+    make_bucket(stack, "slurm-data")
+    script = tmp_path / "job.sh"
+    script.write_text(WARNED_JOB)
+    job_id = slurm.submit(script, user_env(stack, home))
+    wait_for((tmp_path / "started").exists, timeout=60, what="the job to start")
+    # What `--signal=B:USR1@N` sends near the time limit, delivered now.
+    subprocess.run(
+        ["scancel", "--signal=USR1", "--batch", job_id], env={**os.environ, **slurm.env}, check=True
+    )
+    fields = slurm.wait(job_id, timeout=60)
+    output = (tmp_path / f"slurm-{job_id}.out").read_text()
+    assert "SIGUSR1 from Slurm" in output
+    assert fields["ExitCode"] == "143:0", output  # the command ignores USR1: allasrun's TERM ended it
+    assert rclone(stack, tmp_path, "cat", f"ref:slurm-data/warned/{job_id}/c.txt").stdout == "checkpoint\n"
+
+
+def test_sbatch_password_env_keeps_the_seeds_way(
+    stack: Stack, slurm: Slurm, home: Path, tmp_path: Path
+) -> None:
+    make_bucket(stack, "slurm-data")
+    script = tmp_path / "job.sh"
+    script.write_text(
+        "#!/bin/bash\n#SBATCH --time=5\n#ALLAS stage-out r.txt slurm-data/pwenv/%j/\n"
+        'echo "${ALLASRUN_CREDENTIALS:-none}" > r.txt\n'
+    )
+    submitted = sbatch(stack, slurm, home, tmp_path, "--password-env", "--parsable", str(script))
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    fields = slurm.wait(job_id)
+    output = (tmp_path / f"slurm-{job_id}.out").read_text()
+    assert fields["ExitCode"] == "0:0", output
+    assert "with password from OS_PASSWORD" in output  # the job authenticated with the password
+    assert rclone(stack, tmp_path, "cat", f"ref:slurm-data/pwenv/{job_id}/r.txt").stdout == "none\n"
+    assert not list((home / ".config" / "allasrun" / "jobs").glob("*.json"))
