@@ -1,11 +1,13 @@
-"""The real stack for these tests: Keystone + Swift from stack/mini-allas, Debian's rclone.
+"""The real services for these tests: Keystone + Swift (stack/mini-allas) and Slurm (stack/mini-slurm).
 
-tests/run starts one stack and passes its env file in MINI_ALLAS_ENV (shared by pytest-xdist
-workers); without it, this session starts a private stack of its own and stops it after.
+tests/run starts both once and passes their env files in MINI_ALLAS_ENV and MINI_SLURM_ENV
+(shared by the pytest-xdist workers); without them, this session starts private ones and
+stops them after.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -16,18 +18,30 @@ import pytest
 from tests.stack.stackutil import ROOT, Slurm, Stack, read_env_file
 
 
+@contextlib.contextmanager
+def _service(factory: pytest.TempPathFactory, script: str, variable: str) -> Iterator[dict[str, str]]:
+    given = os.environ.get(variable)
+    if given:
+        yield read_env_file(Path(given))
+        return
+    state = factory.mktemp(script)
+    subprocess.run(["bash", str(ROOT / "stack" / script), "start", str(state)], check=True)
+    try:
+        yield read_env_file(state / "env")
+    finally:
+        subprocess.run(["bash", str(ROOT / "stack" / script), "stop", str(state)], check=False)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    given = os.environ.get("MINI_ALLAS_ENV")
-    if given:
-        yield Stack(read_env_file(Path(given)))
-        return
-    state = tmp_path_factory.mktemp("mini-allas")
-    subprocess.run(["bash", str(ROOT / "stack/mini-allas"), "start", str(state)], check=True)
-    try:
-        yield Stack(read_env_file(state / "env"))
-    finally:
-        subprocess.run(["bash", str(ROOT / "stack/mini-allas"), "stop", str(state)], check=False)
+    with _service(tmp_path_factory, "mini-allas", "MINI_ALLAS_ENV") as env:
+        yield Stack(env)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
+    with _service(tmp_path_factory, "mini-slurm", "MINI_SLURM_ENV") as env:
+        yield Slurm(env)
 
 
 @pytest.fixture
@@ -36,17 +50,3 @@ def home(tmp_path: Path) -> Path:
     path = tmp_path / "home"
     path.mkdir()
     return path
-
-
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
-    given = os.environ.get("MINI_SLURM_ENV")
-    if given:
-        yield Slurm(read_env_file(Path(given)))
-        return
-    state = tmp_path_factory.mktemp("mini-slurm")
-    subprocess.run(["bash", str(ROOT / "stack/mini-slurm"), "start", str(state)], check=True)
-    try:
-        yield Slurm(read_env_file(state / "env"))
-    finally:
-        subprocess.run(["bash", str(ROOT / "stack/mini-slurm"), "stop", str(state)], check=False)

@@ -11,7 +11,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from tests.stack.stackutil import ALLASRUN, Stack, make_bucket, user_env
+from tests.stack.stackutil import ALLASRUN, Stack, make_bucket, rclone, user_env
 
 FILES = 10
 SIZE = 1024 * 1024
@@ -63,23 +63,11 @@ def test_long_copy_survives_with_application_credential(stack: Stack, home: Path
     outputs = {prefix: proc.communicate(timeout=600)[0] for prefix, proc in runs.items()}
 
     assert runs["renewing"].returncode == 0, outputs["renewing"]
-    listing = subprocess.run(
-        [*ALLASRUN, "--", "rclone", "lsf", f"allas:copy-bucket/{run}/renewing"],
-        env=user_env(stack, home),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert listing == [f"part-{n:02d}.bin" for n in range(FILES)]
+    copied = rclone(stack, tmp_path, "lsf", f"ref:copy-bucket/{run}/renewing").stdout.split()
+    assert copied == [f"part-{n:02d}.bin" for n in range(FILES)]
 
     # The pinned copy got going, then failed once its token expired (Swift answers 401, or
     # closes the connection mid-upload, which rclone reports as EOF).
     assert runs["pinned"].returncode != 0, outputs["pinned"]
-    pinned = subprocess.run(
-        [*ALLASRUN, "--", "rclone", "lsf", f"allas:copy-bucket/{run}/pinned"],
-        env=user_env(stack, home),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    pinned = rclone(stack, tmp_path, "lsf", f"ref:copy-bucket/{run}/pinned").stdout.split()
     assert 0 < len(pinned) < FILES, outputs["pinned"]

@@ -22,6 +22,30 @@ from tests.stack.stackutil import (
     wait_for,
 )
 
+
+class Job:
+    """One job script submitted with plain sbatch from its own directory, and what it left."""
+
+    def __init__(self, stack: Stack, slurm: Slurm, directory: Path, text: str, env: dict[str, str]) -> None:
+        make_bucket(stack, "slurm-data")
+        script = directory / "job.sh"
+        script.write_text(text)
+        self.stack, self.slurm, self.directory = stack, slurm, directory
+        self.id = slurm.submit(script, env)
+
+    def finish(self, timeout: float = 180) -> tuple[dict[str, str], str]:
+        """Wait for the end; Slurm's fields and the job's output."""
+        fields = self.slurm.wait(self.id, timeout=timeout)
+        return fields, (self.directory / f"slurm-{self.id}.out").read_text()
+
+    def scancel(self, *options: str) -> None:
+        wait_for((self.directory / "started").exists, timeout=60, what="the job to start")
+        subprocess.run(["scancel", *options, self.id], env={**os.environ, **self.slurm.env}, check=True)
+
+    def uploaded(self, name: str) -> str:
+        return rclone(self.stack, self.directory, "cat", f"ref:slurm-data/{name}").stdout
+
+
 JOB = """#!/bin/bash
 #SBATCH --time=5 --job-name=upper
 #ALLAS stage-in  slurm-data/in/words.txt
@@ -35,16 +59,10 @@ allasrun -- srun -n 1 allasrun -- sh -c "$work"
 def test_batch_job_stages_its_own_directives(stack: Stack, slurm: Slurm, home: Path, tmp_path: Path) -> None:
     make_bucket(stack, "slurm-data")
     put_object(stack, "slurm-data", "in/words.txt", b"hello allas\n")
-    script = tmp_path / "job.sh"
-    script.write_text(JOB)
-    job_id = slurm.submit(script, user_env(stack, home))
-    fields = slurm.wait(job_id)
-    output = (tmp_path / f"slurm-{job_id}.out").read_text()
+    job = Job(stack, slurm, tmp_path, JOB, user_env(stack, home))
+    fields, output = job.finish()
     assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), output
-    assert (
-        rclone(stack, tmp_path, "cat", f"ref:slurm-data/out/upper-{job_id}/result.txt").stdout
-        == "HELLO ALLAS\n"
-    )
+    assert job.uploaded(f"out/upper-{job.id}/result.txt") == "HELLO ALLAS\n"
     assert "words.txt" in output  # the inner rclone call worked with the outer keeper's files
     assert "reusing the token and files of the enclosing allasrun" in output
     assert output.count("authenticated ") == 1
@@ -62,18 +80,14 @@ exec allasrun -- sh -c 'echo "written before the limit" > results/a.txt; exec sl
 def test_time_limited_job_stages_out_before_the_kill(
     stack: Stack, slurm: Slurm, home: Path, tmp_path: Path
 ) -> None:
-    make_bucket(stack, "slurm-data")
-    script = tmp_path / "job.sh"
-    script.write_text(DEADLINE_JOB)
-    job_id = slurm.submit(script, user_env(stack, home))
-    fields = slurm.wait(job_id, timeout=150)
-    output = (tmp_path / f"slurm-{job_id}.out").read_text()
+    job = Job(stack, slurm, tmp_path, DEADLINE_JOB, user_env(stack, home))
+    fields, output = job.finish(timeout=150)
     # allasrun stopped the command itself, half-way into the 1-minute limit (the lead is capped
     # at half the job's time), and uploaded: Slurm never had to kill the job.
     assert fields["JobState"] == "FAILED", output
     assert fields["ExitCode"] == "143:0", output
     assert "sending SIGTERM to the command" in output
-    uploaded = rclone(stack, tmp_path, "cat", f"ref:slurm-data/deadline/{job_id}/a.txt").stdout
+    uploaded = job.uploaded(f"deadline/{job.id}/a.txt")
     assert uploaded == "written before the limit\n"
 
 
@@ -86,17 +100,12 @@ exec allasrun -- sh -c 'echo "partial result" > results/p.txt; touch started; ex
 
 
 def test_scancelled_job_still_uploads(stack: Stack, slurm: Slurm, home: Path, tmp_path: Path) -> None:
-    make_bucket(stack, "slurm-data")
-    script = tmp_path / "job.sh"
-    script.write_text(CANCELLED_JOB)
-    job_id = slurm.submit(script, user_env(stack, home))
-    wait_for((tmp_path / "started").exists, timeout=60, what="the job to start")
-    subprocess.run(["scancel", job_id], env={**os.environ, **slurm.env}, check=True)
-    fields = slurm.wait(job_id)
-    output = (tmp_path / f"slurm-{job_id}.out").read_text()
+    job = Job(stack, slurm, tmp_path, CANCELLED_JOB, user_env(stack, home))
+    job.scancel()
+    fields, output = job.finish()
     assert fields["JobState"] == "CANCELLED", output
     assert "exited with status 143" in output
-    uploaded = rclone(stack, tmp_path, "cat", f"ref:slurm-data/cancelled/{job_id}/p.txt").stdout
+    uploaded = job.uploaded(f"cancelled/{job.id}/p.txt")
     assert uploaded == "partial result\n"
 
 
@@ -110,14 +119,10 @@ exec allasrun -- touch ran
 def test_job_whose_stage_in_fails_never_runs_its_command(
     stack: Stack, slurm: Slurm, home: Path, tmp_path: Path
 ) -> None:
-    make_bucket(stack, "slurm-data")
-    script = tmp_path / "job.sh"
-    script.write_text(STAGE_IN_FAILS)
-    job_id = slurm.submit(script, user_env(stack, home))
-    fields = slurm.wait(job_id)
-    output = (tmp_path / f"slurm-{job_id}.out").read_text()
+    job = Job(stack, slurm, tmp_path, STAGE_IN_FAILS, user_env(stack, home))
+    fields, output = job.finish()
     assert (fields["JobState"], fields["ExitCode"]) == ("FAILED", "74:0"), output
-    assert f"job {job_id} batch script:3" in output and "no object matches" in output
+    assert f"job {job.id} batch script:3" in output and "no object matches" in output
     assert not (tmp_path / "ran").exists()
 
 
@@ -224,17 +229,14 @@ def test_srun_tasks_share_one_keeper_and_stage_once(
 ) -> None:
     make_bucket(stack, "slurm-data")
     put_object(stack, "slurm-data", "in/words.txt", b"hello allas\n")
-    script = tmp_path / "job.sh"
-    script.write_text(MANY_TASKS)
     before = stack.allasrun_logins()
-    job_id = slurm.submit(script, app_credential_env(stack, home))
-    fields = slurm.wait(job_id)
-    output = (tmp_path / f"slurm-{job_id}.out").read_text()
+    job = Job(stack, slurm, tmp_path, MANY_TASKS, app_credential_env(stack, home))
+    fields, output = job.finish()
     assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), output
     assert stack.allasrun_logins() - before == 1, output  # one login for the node, not one per task
     assert output.count("stage-in:") == 1 and output.count("stage-out:") == 1, output
     for rank in (0, 1):
-        uploaded = rclone(stack, tmp_path, "cat", f"ref:slurm-data/srun/{job_id}/task-{rank}.txt").stdout
+        uploaded = job.uploaded(f"srun/{job.id}/task-{rank}.txt")
         assert uploaded == "words.txt\nhello allas\n", output
 
 
@@ -250,20 +252,13 @@ exec allasrun -- sh -c 'trap "" USR1; echo "checkpoint" > results/c.txt; touch s
 def test_slurm_warning_signal_starts_stage_out(
     stack: Stack, slurm: Slurm, home: Path, tmp_path: Path
 ) -> None:
-    make_bucket(stack, "slurm-data")
-    script = tmp_path / "job.sh"
-    script.write_text(WARNED_JOB)
-    job_id = slurm.submit(script, user_env(stack, home))
-    wait_for((tmp_path / "started").exists, timeout=60, what="the job to start")
+    job = Job(stack, slurm, tmp_path, WARNED_JOB, user_env(stack, home))
     # What `--signal=B:USR1@N` sends near the time limit, delivered now.
-    subprocess.run(
-        ["scancel", "--signal=USR1", "--batch", job_id], env={**os.environ, **slurm.env}, check=True
-    )
-    fields = slurm.wait(job_id, timeout=60)
-    output = (tmp_path / f"slurm-{job_id}.out").read_text()
+    job.scancel("--signal=USR1", "--batch")
+    fields, output = job.finish(timeout=60)
     assert "SIGUSR1 from Slurm" in output
     assert fields["ExitCode"] == "143:0", output  # the command ignores USR1: allasrun's TERM ended it
-    assert rclone(stack, tmp_path, "cat", f"ref:slurm-data/warned/{job_id}/c.txt").stdout == "checkpoint\n"
+    assert job.uploaded(f"warned/{job.id}/c.txt") == "checkpoint\n"
 
 
 def test_sbatch_password_env_keeps_the_seeds_way(
