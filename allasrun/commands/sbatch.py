@@ -62,10 +62,13 @@ def run(options: SbatchOptions, env: Mapping[str, str]) -> int:
     returncode, job = _submit(line, script_text, job_env)
     if record is not None:
         path, stored = record
-        if job:
-            credstore.write(path, replace(stored, job_id=job))
-        elif stored.owned:
-            _forget(identity, token, path, stored)
+        stored = replace(stored, job_id=job)
+        waited = any(word in ("--wait", "-W") for word in line.options)
+        if job and not waited:
+            credstore.write(path, stored)
+        elif stored.owned:  # not submitted, or (with --wait) the job has ended: revoke now
+            fresh = obtain(identity.target, identity.secret, None, Schedule())
+            _forget(identity, fresh, path, stored)
     return returncode
 
 

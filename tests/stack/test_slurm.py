@@ -279,3 +279,29 @@ def test_sbatch_password_env_keeps_the_seeds_way(
     assert "with password from OS_PASSWORD" in output  # the job authenticated with the password
     assert rclone(stack, tmp_path, "cat", f"ref:slurm-data/pwenv/{job_id}/r.txt").stdout == "none\n"
     assert not list((home / ".config" / "allasrun" / "jobs").glob("*.json"))
+
+
+CREDENTIAL_CHECK = """#!/bin/bash
+#SBATCH --time=5
+# The job looks its own credential up in Keystone (a restricted credential may read itself).
+id=$(sed -n 's/.*"id": "\\(.*\\)".*/\\1/p' "$ALLASRUN_CREDENTIALS")
+echo "$id" > cred-id.txt
+. "$ALLASRUN_ENV_FILE"
+curl -s -o /dev/null -w '%{http_code}\\n' -H "X-Auth-Token: $OS_AUTH_TOKEN" \\
+  "$OS_AUTH_URL/users/$USER_ID/application_credentials/$id" > during.txt
+"""
+
+
+def test_sbatch_wait_revokes_the_credential_when_the_job_ends(
+    stack: Stack, slurm: Slurm, home: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "job.sh"
+    script.write_text(CREDENTIAL_CHECK)
+    env = {**user_env(stack, home, USER_ID=stack.env["MINI_ALLAS_USER_ID"]), **slurm.env}
+    result = allasrun(["sbatch", "--wait", "--parsable", str(script)], env, cwd=tmp_path, timeout=180)
+    assert result.returncode == 0, result.stderr
+    credential = (tmp_path / "cred-id.txt").read_text().strip()
+    assert credential
+    assert (tmp_path / "during.txt").read_text().strip() == "200"  # it existed while the job ran
+    assert f"deleted application credential {credential}" in result.stderr
+    assert not stack.app_credential_exists(credential)  # and is gone once the job has ended
