@@ -87,8 +87,12 @@ def _read(line: sbatchline.CommandLine, env: Mapping[str, str]) -> tuple[Optiona
 
 
 def _missing_inputs(plan: StagePlan, identity: Identity, token: Token, cache: TokenCache) -> list[str]:
-    """Stage-in sources that do not exist now (those with %j-like placeholders are skipped)."""
-    if not plan.stage_in:
+    """Stage-in sources that do not exist now (those with %j-like placeholders are skipped).
+
+    Stage-out buckets are looked up too: one that is missing is created at stage-out (its
+    name has passed Allas's rules already), which the log says now.
+    """
+    if not plan:
         return []
     from allasrun.stager import Stager
     from allasrun.swiftstore import Store
@@ -103,6 +107,9 @@ def _missing_inputs(plan: StagePlan, identity: Identity, token: Token, cache: To
             continue
         _, failed = stager.resolve_in(spec)
         problems += [f"{t.where}: stage-in {t.source}: {t.error}" for t in failed]
+    for out in plan.stage_out:
+        if "%" not in out.bucket and not store.bucket_exists(out.bucket):
+            log.info("%s: bucket %s does not exist yet; stage-out will create it", out.where, out.bucket)
     return problems
 
 

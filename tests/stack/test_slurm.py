@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,7 @@ WRAPPED_JOB = """#!/bin/bash
 #SBATCH --time=5
 #ALLAS stage-in  slurm-data/in/words.txt
 #ALLAS stage-out result.txt slurm-data/sbatch/%x-%j/
+#ALLAS stage-out result.txt ${FRESH_BUCKET}/
 # No allasrun word here: `allasrun sbatch` runs this batch step under allasrun.
 env > job-env.txt
 stat -c %a "$ALLASRUN_CREDENTIALS" > cred-mode.txt
@@ -182,10 +184,14 @@ def test_sbatch_hands_over_a_credential_not_a_password(
     put_object(stack, "slurm-data", "in/words.txt", b"hello allas\n")
     script = tmp_path / "job.sh"
     script.write_text(WRAPPED_JOB)
-    submitted = sbatch(
-        stack, slurm, home, tmp_path, "--parsable", f"--output={tmp_path}/out-%j.txt", str(script)
+    fresh = f"fresh-{uuid.uuid4().hex[:12]}"
+    submitted = allasrun(
+        ["sbatch", "--parsable", f"--output={tmp_path}/out-%j.txt", str(script)],
+        {**user_env(stack, home, FRESH_BUCKET=fresh), **slurm.env},
+        cwd=tmp_path,
     )
     assert submitted.returncode == 0, submitted.stderr
+    assert f"bucket {fresh} does not exist yet; stage-out will create it" in submitted.stderr
     job_id = submitted.stdout.strip()
     assert job_id.isdigit()
     fields = slurm.wait(job_id)
@@ -195,6 +201,7 @@ def test_sbatch_hands_over_a_credential_not_a_password(
     )
     uploaded = rclone(stack, tmp_path, "cat", f"ref:slurm-data/sbatch/job.sh-{job_id}/result.txt").stdout
     assert uploaded == "HELLO ALLAS\n"
+    assert rclone(stack, tmp_path, "cat", f"ref:{fresh}/result.txt").stdout == "HELLO ALLAS\n"
     job_env = (tmp_path / "job-env.txt").read_text()
     assert "OS_PASSWORD" not in job_env
     for secret in secrets_of(stack):
