@@ -45,6 +45,17 @@ def run_job(
     )
 
 
+def start_job(stack: Stack, home: Path, script: Path) -> subprocess.Popen[str]:
+    """`allasrun run` in the background, stderr captured, for tests that signal it."""
+    return subprocess.Popen(
+        [*ALLASRUN, "run", str(script)],
+        env=user_env(stack, home),
+        cwd=script.parent,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @pytest.fixture(scope="module")
 def dataset(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """500 small files and a 3.5 MiB object uploaded as a 4-segment SLO, by rclone and swift."""
@@ -145,13 +156,7 @@ def test_array_slices_substitute(stack: Stack, home: Path, tmp_path: Path) -> No
 
 def test_interrupted_stage_in_resumes(stack: Stack, home: Path, tmp_path: Path, dataset: Path) -> None:
     script = job(tmp_path, "#ALLAS stage-in stage-data/many/ inputs/\n#ALLAS option threads=1")
-    proc = subprocess.Popen(
-        [*ALLASRUN, "run", str(script)],
-        env=user_env(stack, home),
-        cwd=tmp_path,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_job(stack, home, script)
     wait_for(
         lambda: len(list((tmp_path / "inputs").rglob("*.txt"))) > 20, timeout=60, what="stage-in to start"
     )
@@ -193,13 +198,7 @@ def test_stage_out_after_the_command_was_killed(stack: Stack, home: Path, tmp_pa
         "#ALLAS stage-out partial.txt stage-killed/",
         'echo "half done" > partial.txt; touch ready; exec sleep 300',
     )
-    proc = subprocess.Popen(
-        [*ALLASRUN, "run", str(script)],
-        env=user_env(stack, home),
-        cwd=tmp_path,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_job(stack, home, script)
     wait_for((tmp_path / "ready").exists, timeout=60, what="the job to start")
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
