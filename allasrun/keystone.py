@@ -58,7 +58,6 @@ def authenticate(target: Target, secret: Secret) -> Token:
         project_id=auth.project_id or "",
         user_id=auth.user_id or "",
         renewable=not isinstance(secret, ExistingToken),
-        app_credential_id=secret.id if isinstance(secret, AppCredential) else None,
     )
 
 

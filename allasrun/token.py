@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -19,8 +18,6 @@ class Token:
     project_id: str
     user_id: str
     renewable: bool = True
-    # Set when the token came from an application credential that the job owns.
-    app_credential_id: Optional[str] = None
 
     @property
     def lifetime(self) -> float:

@@ -8,31 +8,43 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from allasrun import credentials, paths
+from allasrun.credentials import Identity
 from allasrun.errors import EXIT_STAGE_IN
 from allasrun.keeper import Schedule, obtain
 from allasrun.report import MIB
-from allasrun.stageplan import StagePlan
+from allasrun.stageplan import Settings, StagePlan
+from allasrun.token import Token
 from allasrun.tokencache import TokenCache
+
+if TYPE_CHECKING:  # the stager (and swiftclient) load only when something is looked up
+    from allasrun.stager import Stager
+
+
+def standalone_stager(identity: Identity, token: Token, cache: TokenCache, settings: Settings) -> Stager:
+    """A stager for looking things up outside a run: no keeper, the token renewed on a 401."""
+    from allasrun.stager import Stager
+    from allasrun.swiftstore import Store
+
+    def refresh(stale: Token) -> Token:
+        return obtain(identity.target, identity.secret, cache, Schedule(), stale)
+
+    return Stager(Store(lambda: token, refresh), settings, Path.cwd())
 
 
 def run(plan: StagePlan, env: Mapping[str, str]) -> tuple[str, int]:
     """The report to print and the exit status: 0, or 74 when an input is missing."""
-    from allasrun.stager import Stager
-    from allasrun.swiftstore import Store, StoreError
+    from allasrun.swiftstore import StoreError
 
     if plan.settings.project and not env.get("OS_PROJECT_NAME"):
         env = {**env, "OS_PROJECT_NAME": plan.settings.project}
     identity = credentials.gather(env)
     cache = TokenCache.for_identity(paths.cache_dir(env), identity.target, identity.secret)
-    schedule = Schedule()
-    token = obtain(identity.target, identity.secret, cache, schedule)
-
-    store = Store(
-        lambda: token, lambda stale: obtain(identity.target, identity.secret, cache, schedule, stale)
-    )
-    stager = Stager(store, plan.settings, Path.cwd())
+    token = obtain(identity.target, identity.secret, cache, Schedule())
+    stager = standalone_stager(identity, token, cache, plan.settings)
+    store = stager.store
     lines, missing = [], 0
     for spec in plan.stage_in:
         fetches, problems = stager.resolve_in(spec)

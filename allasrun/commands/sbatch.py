@@ -94,13 +94,9 @@ def _missing_inputs(plan: StagePlan, identity: Identity, token: Token, cache: To
     """
     if not plan:
         return []
-    from allasrun.stager import Stager
-    from allasrun.swiftstore import Store
+    from allasrun.commands.check import standalone_stager
 
-    store = Store(
-        lambda: token, lambda stale: obtain(identity.target, identity.secret, cache, Schedule(), stale)
-    )
-    stager = Stager(store, plan.settings, Path.cwd())
+    stager = standalone_stager(identity, token, cache, plan.settings)
     problems = []
     for spec in plan.stage_in:
         if "%" in spec.bucket + spec.key:
@@ -108,7 +104,7 @@ def _missing_inputs(plan: StagePlan, identity: Identity, token: Token, cache: To
         _, failed = stager.resolve_in(spec)
         problems += [f"{t.where}: stage-in {t.source}: {t.error}" for t in failed]
     for out in plan.stage_out:
-        if "%" not in out.bucket and not store.bucket_exists(out.bucket):
+        if "%" not in out.bucket and not stager.store.bucket_exists(out.bucket):
             log.info("%s: bucket %s does not exist yet; stage-out will create it", out.where, out.bucket)
     return problems
 
