@@ -15,9 +15,9 @@ import typer
 
 from allasrun import __version__
 from allasrun import log as logsetup
+from allasrun.auth.schedule import Schedule
 from allasrun.errors import AllasrunError, UsageError
-from allasrun.keeper import Schedule
-from allasrun.stageplan import StagePlan
+from allasrun.staging.plan import StagePlan
 
 app = typer.Typer(
     add_completion=False,
@@ -95,8 +95,8 @@ def exec_command(
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
-    from allasrun import scripts
     from allasrun.commands import launch
+    from allasrun.staging import jobscript as scripts
 
     _setup(verbose, quiet)
     if run_script:  # `allasrun run SCRIPT [ARGS]`: the script is both the plan and the command
@@ -140,8 +140,8 @@ def _plan(
     strict: bool,
 ) -> StagePlan:
     """The script's stage plan with command-line settings on top (they win)."""
-    from allasrun import scripts
-    from allasrun.stageplan import parse_size
+    from allasrun.staging import jobscript as scripts
+    from allasrun.staging.plan import parse_size
 
     if script is not None:
         plan = scripts.load_plan(script, os.environ, getpass.getuser(), strict)

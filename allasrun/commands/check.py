@@ -10,23 +10,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from allasrun import credentials, paths
-from allasrun.credentials import Identity
+from allasrun import paths
+from allasrun.auth import identity as credentials
+from allasrun.auth.cache import TokenCache
+from allasrun.auth.identity import Identity
+from allasrun.auth.schedule import Schedule
+from allasrun.auth.token import Token
 from allasrun.errors import EXIT_STAGE_IN
-from allasrun.keeper import Schedule, obtain
-from allasrun.report import MIB
-from allasrun.stageplan import Settings, StagePlan
-from allasrun.token import Token
-from allasrun.tokencache import TokenCache
+from allasrun.job.keeper import obtain
+from allasrun.staging.plan import Settings, StagePlan
+from allasrun.staging.report import MIB
 
 if TYPE_CHECKING:  # the stager (and swiftclient) load only when something is looked up
-    from allasrun.stager import Stager
+    from allasrun.staging.stager import Stager
 
 
 def standalone_stager(identity: Identity, token: Token, cache: TokenCache, settings: Settings) -> Stager:
     """A stager for looking things up outside a run: no keeper, the token renewed on a 401."""
-    from allasrun.stager import Stager
-    from allasrun.swiftstore import Store
+    from allasrun.staging.stager import Stager
+    from allasrun.staging.swift import Store
 
     def refresh(stale: Token) -> Token:
         return obtain(identity.target, identity.secret, cache, Schedule(), stale)
@@ -36,7 +38,7 @@ def standalone_stager(identity: Identity, token: Token, cache: TokenCache, setti
 
 def run(plan: StagePlan, env: Mapping[str, str]) -> tuple[str, int]:
     """The report to print and the exit status: 0, or 74 when an input is missing."""
-    from allasrun.swiftstore import StoreError
+    from allasrun.staging.swift import StoreError
 
     if plan.settings.project and not env.get("OS_PROJECT_NAME"):
         env = {**env, "OS_PROJECT_NAME": plan.settings.project}

@@ -17,21 +17,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from allasrun import credentials, launcher, paths, report, slurm, step
-from allasrun.clientfiles import ClientFiles
-from allasrun.credentials import Identity
-from allasrun.deadline import Deadline
+from allasrun import paths
+from allasrun.auth import identity as credentials
+from allasrun.auth.cache import TokenCache
+from allasrun.auth.identity import AppCredential, Identity, Password, child_environment
+from allasrun.auth.schedule import Schedule
+from allasrun.auth.token import Token, utc_text
 from allasrun.errors import EXIT_STAGE_IN, EXIT_STAGE_OUT, AllasrunError
-from allasrun.keeper import Keeper, Schedule, obtain
+from allasrun.job import step
+from allasrun.job import supervisor as launcher
+from allasrun.job.clientfiles import ClientFiles
+from allasrun.job.deadline import Deadline
+from allasrun.job.keeper import Keeper, obtain
 from allasrun.log import hide, log
-from allasrun.plan import AppCredential, Password, child_environment
-from allasrun.report import MISSING, Transfer
-from allasrun.stageplan import StagePlan
-from allasrun.token import Token, utc_text
-from allasrun.tokencache import TokenCache
+from allasrun.slurm import facts as slurm
+from allasrun.staging import report
+from allasrun.staging.plan import StagePlan
+from allasrun.staging.report import MISSING, Transfer
 
 if TYPE_CHECKING:  # the stager (and swiftclient) load only when a script stages something
-    from allasrun.stager import Stager
+    from allasrun.staging.stager import Stager
 
 
 @dataclass(frozen=True)
@@ -215,8 +220,8 @@ class _Run:
         return fresh
 
     def _stager(self, keeper: Keeper) -> Stager:
-        from allasrun.stager import Stager
-        from allasrun.swiftstore import Store
+        from allasrun.staging.stager import Stager
+        from allasrun.staging.swift import Store
 
         settings = self.options.plan.settings
         return Stager(Store(keeper.current, keeper.refresh, settings.retries), settings, self.options.workdir)
@@ -308,7 +313,7 @@ def _mint(identity: Identity, token: Token, options: LaunchOptions) -> tuple[Ide
     stays in this process's memory only, to revoke the credential at the end: Keystone does
     not let a restricted credential delete itself.
     """
-    from allasrun import keystone
+    from allasrun.auth import keystone
 
     name = f"allasrun-{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
     expires = time.time() + options.job_credential_hours * 3600
@@ -324,7 +329,7 @@ def _mint(identity: Identity, token: Token, options: LaunchOptions) -> tuple[Ide
 
 def _revoke(owner: Identity, credential: AppCredential) -> None:
     """Delete the run's application credential; on failure its expiry still bounds it."""
-    from allasrun import keystone
+    from allasrun.auth import keystone
 
     try:
         token = keystone.authenticate(owner.target, owner.secret)

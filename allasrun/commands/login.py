@@ -11,12 +11,14 @@ import socket
 import time
 from collections.abc import Mapping
 
-from allasrun import credentials, credstore, keystone, paths
-from allasrun.credstore import StoredCredential
+from allasrun import paths
+from allasrun.auth import credstore, keystone
+from allasrun.auth import identity as credentials
+from allasrun.auth.credstore import StoredCredential
+from allasrun.auth.identity import Password, Target
+from allasrun.auth.token import Token, utc_text
 from allasrun.errors import AllasrunError, UsageError
 from allasrun.log import hide, log
-from allasrun.plan import Password, Target
-from allasrun.token import Token, utc_text
 
 
 def run(env: Mapping[str, str], days: float) -> str:

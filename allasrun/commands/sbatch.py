@@ -19,16 +19,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from allasrun import credentials, credstore, paths, sbatchline, scripts, slurm
-from allasrun.credentials import Identity
-from allasrun.credstore import StoredCredential
+from allasrun import paths
+from allasrun.auth import credstore
+from allasrun.auth import identity as credentials
+from allasrun.auth.cache import TokenCache
+from allasrun.auth.credstore import StoredCredential
+from allasrun.auth.identity import AppCredential, ExistingToken, Identity, Password, child_environment
+from allasrun.auth.schedule import Schedule
+from allasrun.auth.token import Token, utc_text
 from allasrun.errors import EXIT_STAGE_IN, AllasrunError, NoCredentials, UsageError
-from allasrun.keeper import Schedule, obtain
+from allasrun.job.keeper import obtain
 from allasrun.log import hide, log
-from allasrun.plan import AppCredential, ExistingToken, Password, child_environment
-from allasrun.stageplan import StagePlan
-from allasrun.token import Token, utc_text
-from allasrun.tokencache import TokenCache
+from allasrun.slurm import facts as slurm
+from allasrun.slurm import sbatchline
+from allasrun.staging import jobscript as scripts
+from allasrun.staging.plan import StagePlan
 
 DEFAULT_LIMIT = 7 * 86400.0  # when neither the command line nor the script sets --time
 SWEEP_AFTER = 3600.0  # a credential whose submission never got a job id
@@ -153,7 +158,7 @@ def _credentials_for_job(
 
 
 def _create(identity: Identity, token: Token, expires: float) -> AppCredential:
-    from allasrun import keystone
+    from allasrun.auth import keystone
 
     name = f"allasrun-job-{int(time.time())}"
     credential = keystone.create_app_credential(
@@ -222,7 +227,7 @@ def _sweep(identity: Identity, token: Token, directory: Path, env: Mapping[str, 
 
 
 def _forget(identity: Identity, token: Token, path: Path, stored: StoredCredential) -> None:
-    from allasrun import keystone
+    from allasrun.auth import keystone
 
     if stored.owned:
         try:

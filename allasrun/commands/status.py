@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from allasrun import credentials, paths
-from allasrun.keeper import Schedule, obtain
-from allasrun.tokencache import TokenCache
+from allasrun import paths
+from allasrun.auth import identity as credentials
+from allasrun.auth.cache import TokenCache
+from allasrun.auth.schedule import Schedule
+from allasrun.job.keeper import obtain
 
 
 def run(env: Mapping[str, str], schedule: Schedule) -> str:

@@ -13,9 +13,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from allasrun.clientfiles import ClientFiles, update_section
-from allasrun.plan import Target
-from allasrun.token import Token
+from allasrun.auth.identity import Target
+from allasrun.auth.token import Token
+from allasrun.job.clientfiles import ClientFiles, update_section
 
 REWRITES = 300
 
@@ -72,7 +72,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from allasrun.clientfiles import update_section
+    from allasrun.job.clientfiles import update_section
     path, name, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     for n in range(count):
         update_section(path, name, f"[{name}]\\ntype = swift\\nauth_token = {name}-{n}\\n")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import subprocess
 
-from allasrun.clientfiles import env_file, rclone_section, replace_section
-from allasrun.plan import AppCredential, Target
-from allasrun.token import Token
+from allasrun.auth.identity import AppCredential, Target
+from allasrun.auth.token import Token
+from allasrun.job.clientfiles import env_file, rclone_section, replace_section
 
 TARGET = Target("http://ks:5000/v3", "project_1", "alice", region="RegionOne")
 TOKEN = Token("tok-123", 1000.0, 1090.0, "http://swift/v1/AUTH_p", "p", "u")

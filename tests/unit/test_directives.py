@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from allasrun import stageplan
-from allasrun.directives import DirectiveError, parse
-from allasrun.stageplan import StageIn, StageOut, build, parse_size
+from allasrun.staging import plan as stageplan
+from allasrun.staging.directives import DirectiveError, parse
+from allasrun.staging.plan import StageIn, StageOut, build, parse_size
 
 SCRIPT = """#!/bin/bash
 #SBATCH --job-name=analysis

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from allasrun.errors import NoCredentials
-from allasrun.plan import (
+from allasrun.auth.identity import (
     DEFAULT_AUTH_URL,
     AppCredential,
     AskPassword,
@@ -15,6 +14,7 @@ from allasrun.plan import (
     choose_secret,
     target_from_env,
 )
+from allasrun.errors import NoCredentials
 
 FULL = {
     "OS_APPLICATION_CREDENTIAL_ID": "cid",

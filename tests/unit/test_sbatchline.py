@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from allasrun.sbatchline import is_shell_script, parse_time, split, time_limit, wrapped
+from allasrun.slurm.sbatchline import is_shell_script, parse_time, split, time_limit, wrapped
 
 
 def test_script_after_options_of_every_form() -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from allasrun.keeper import Schedule
-from allasrun.token import Token
+from allasrun.auth.schedule import Schedule
+from allasrun.auth.token import Token
 
 TEST_TOKEN = Token("t", 1000.0, 1090.0, "s", "p", "u")  # the stack's 90 s token
 ALLAS_TOKEN = Token("t", 0.0, 8 * 3600.0, "s", "p", "u")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from allasrun.step import from_env, tasks_on_node
+from allasrun.job.step import from_env, tasks_on_node
 
 TASK = {
     "SLURM_JOB_ID": "7",

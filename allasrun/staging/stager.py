@@ -20,9 +20,9 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Optional
 
-from allasrun.report import CANCELLED, DONE, FAILED, MISSING, REFUSED, SKIPPED, Progress, Transfer
-from allasrun.stageplan import Settings, StageIn, StageOut
-from allasrun.swiftstore import CHUNK, BucketMissing, RemoteObject, Segment, Store, StoreError
+from allasrun.staging.plan import Settings, StageIn, StageOut
+from allasrun.staging.report import CANCELLED, DONE, FAILED, MISSING, REFUSED, SKIPPED, Progress, Transfer
+from allasrun.staging.swift import CHUNK, BucketMissing, RemoteObject, Segment, Store, StoreError
 
 _MAGIC = re.compile(r"[*?\[]")
 

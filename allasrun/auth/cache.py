@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 from allasrun.atomicfile import locked, private_dir, write_atomic
-from allasrun.plan import AppCredential, Password, Secret, Target
-from allasrun.token import Token
+from allasrun.auth.identity import AppCredential, Password, Secret, Target
+from allasrun.auth.token import Token
 
 
 @dataclass(frozen=True)

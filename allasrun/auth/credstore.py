@@ -13,7 +13,6 @@ from typing import Optional
 from allasrun.atomicfile import private_dir, write_atomic
 from allasrun.errors import UsageError
 from allasrun.paths import check_private
-from allasrun.plan import AppCredential
 
 
 @dataclass(frozen=True)
@@ -32,10 +31,6 @@ class StoredCredential:
     # (and so is deleted once the job has left the queue).
     job_id: str = ""
     owned: bool = False
-
-    def credential(self, path: Path) -> AppCredential:
-        """The secret in the form the keeper uses, naming its file as its origin."""
-        return AppCredential(self.id, self.secret, f"stored in {path}")
 
 
 def path_for(directory: Path, project_name: str) -> Path:

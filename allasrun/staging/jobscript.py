@@ -7,9 +7,11 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-from allasrun import directives, slurm, stageplan
 from allasrun.errors import UsageError
 from allasrun.log import log
+from allasrun.slurm import facts as slurm
+from allasrun.staging import directives
+from allasrun.staging import plan as stageplan
 
 
 def load_plan(

@@ -17,14 +17,14 @@ from keystoneauth1 import session as ks_session
 from keystoneauth1.access.access import AccessInfo, AccessInfoV3
 from keystoneauth1.identity import v3
 
+from allasrun.auth.identity import AppCredential, ExistingToken, Password, Secret, Target
+from allasrun.auth.token import Token
 from allasrun.errors import (
     AuthenticationFailed,
     KeystoneUnreachable,
     NoObjectStore,
     UsageError,
 )
-from allasrun.plan import AppCredential, ExistingToken, Password, Secret, Target
-from allasrun.token import Token
 
 TIMEOUT = 30.0
 

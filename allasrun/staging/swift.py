@@ -19,8 +19,8 @@ from swiftclient import client as swift
 from swiftclient.exceptions import ClientException
 from swiftclient.utils import LengthWrapper
 
+from allasrun.auth.token import Token
 from allasrun.errors import AllasrunError
-from allasrun.token import Token
 
 CHUNK = 1024 * 1024
 

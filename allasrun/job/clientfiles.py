@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Optional
 
 from allasrun.atomicfile import locked, write_atomic
-from allasrun.plan import AppCredential, Target
-from allasrun.token import Token
+from allasrun.auth.identity import AppCredential, Target
+from allasrun.auth.token import Token
 
 HEADER = "# Written by allasrun; rewritten at every token renewal. Edits here are lost.\n"
 

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Optional
 
+from allasrun.auth.token import utc_text
 from allasrun.log import log
-from allasrun.token import utc_text
 
 RECHECK = 300.0  # seconds between readings of the job's end time
 

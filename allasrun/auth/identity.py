@@ -1,16 +1,22 @@
-"""The plan: who to authenticate as, where, and with which secret, built from the environment.
+"""Who to authenticate as, where, and with which secret: read from the environment.
 
-Plain dataclasses and pure functions only, no I/O: the CLI reads files and the terminal and
-passes what it found in, so every precedence rule here is testable without a server.
+The precedence rules (`choose_secret`) are pure functions of what was found; `gather` does
+the I/O around them (the stored credential, the terminal), so every rule is testable
+without a server or a person at the keyboard.
 """
 
 from __future__ import annotations
 
+import getpass
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Optional, Union
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional, Union
 
+from allasrun.auth import credstore
 from allasrun.errors import NoCredentials
+from allasrun.paths import config_dir
 
 # CSC's defaults, as allas-conf uses them, so a user with only OS_PROJECT_NAME set is served.
 DEFAULT_AUTH_URL = "https://pouta.csc.fi:5001/v3"
@@ -137,3 +143,57 @@ def child_environment(
     child = {name: value for name, value in env.items() if name not in removed}
     child.update(additions)
     return child
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Where to authenticate, as whom, and with what."""
+
+    target: Target
+    secret: Secret
+
+    @property
+    def origin(self) -> str:
+        """Where the secret came from, for logs and `allasrun status` (never the secret)."""
+        secret = self.secret
+        if isinstance(secret, Password):
+            return f"password from {secret.origin}"
+        if isinstance(secret, AppCredential):
+            return f"application credential {secret.id} ({secret.origin})"
+        return "existing token from OS_AUTH_TOKEN (cannot be renewed)"
+
+
+def gather(
+    env: Mapping[str, str],
+    storage_url: Optional[str] = None,
+    ask: Callable[[str], str] = getpass.getpass,
+    use_stored: bool = True,
+) -> Identity:
+    """Build the identity for this run, prompting only when stdin is a terminal."""
+    target = target_from_env(env, getpass.getuser(), storage_url)
+    stored = None
+    if env.get("ALLASRUN_CREDENTIALS"):  # handed to this job by `allasrun sbatch`
+        path = Path(env["ALLASRUN_CREDENTIALS"])
+        stored = _stored(path, credstore.read(path))
+    elif use_stored:
+        found = credstore.load(config_dir(env), target.project_name, target.auth_url)
+        if found is not None:
+            path, record = found
+            stored = _stored(path, record)
+            if target.project_name is None:
+                target = replace(target, project_name=record.project_name)
+    choice = choose_secret(env, stored, can_prompt=os.isatty(0))
+    if isinstance(choice, AskPassword):
+        choice = ask_password(target, ask)
+    return Identity(target, choice)
+
+
+def ask_password(target: Target, ask: Callable[[str], str] = getpass.getpass) -> Password:
+    """Read the password from the terminal, never echoing it."""
+    project = target.project_name or "?"
+    return Password(ask(f"Allas password for {target.username} (project {project}): "), "the terminal")
+
+
+def _stored(path: Path, record: credstore.StoredCredential) -> AppCredential:
+    """A credential from a file, naming the file as its origin."""
+    return AppCredential(record.id, record.secret, f"stored in {path}")

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
-from allasrun.directives import Directive
+from allasrun.staging.directives import Directive
 
 GIB = 1024**3
 DEFAULT_SEGMENT = 5 * GIB  # Swift's object size limit on Allas

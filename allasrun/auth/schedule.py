@@ -1,0 +1,43 @@
+"""When to renew a token, and how to back off when renewal fails."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from allasrun.auth.token import Token
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When to renew, and how to back off.
+
+    By default a token is renewed at half its life (HTCondor's choice): an 8-hour Allas
+    token every ~4 h, a 90-second test token every ~45 s, and a client that reads the files
+    at any moment gets at least that much time. Jitter spreads many keepers apart.
+    """
+
+    margin: Optional[float] = None
+    jitter: float = 0.1
+    retry_first: float = 1.0
+    retry_max: float = 60.0
+
+    def margin_for(self, token: Token) -> float:
+        """Seconds that must be left on a token; never more than 3/4 of its life."""
+        half = token.lifetime / 2
+        if self.margin is None:
+            return half
+        return min(self.margin, token.lifetime * 0.75)
+
+    def fresh_enough(self, token: Token, now: float) -> bool:
+        """Whether a cached token may be used as it is rather than renewed."""
+        return token.remaining(now) > self.margin_for(token)
+
+    def renew_at(self, token: Token, spread: float) -> float:
+        """The moment to renew, `spread` in [0, 1) choosing a point within the jitter."""
+        margin = self.margin_for(token)
+        return token.expires_at - margin - margin * self.jitter * spread
+
+    def retry_delay(self, attempt: int) -> float:
+        """Exponential backoff: 1, 2, 4 ... seconds, capped (k5start retries every minute)."""
+        return float(min(self.retry_max, self.retry_first * 2 ** (attempt - 1)))
