@@ -1,13 +1,11 @@
-"""The command line: parse, call one command module, map errors to exit codes. Nothing else.
+"""The command line: parse, call one command module, map errors to exit codes.
 
 `allasrun [OPTIONS] -- CMD` is the main use, so a command line that does not start with a
 subcommand name runs `exec`.
 """
 
-import getpass
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -15,7 +13,7 @@ import typer
 
 from allasrun import __version__
 from allasrun import log as logsetup
-from allasrun.auth.schedule import Schedule
+from allasrun.auth import Schedule
 from allasrun.errors import AllasrunError, UsageError
 from allasrun.staging.plan import StagePlan
 
@@ -96,12 +94,12 @@ def exec_command(
     quiet: Quiet = False,
 ) -> None:
     from allasrun.commands import launch
-    from allasrun.staging import jobscript as scripts
+    from allasrun.staging import jobscript
 
     _setup(verbose, quiet)
     if run_script:  # `allasrun run SCRIPT [ARGS]`: the script is both the plan and the command
         script = Path(command[0])
-        command = [*scripts.command_for(script), *command[1:]]
+        command = [*jobscript.command_for(script), *command[1:]]
     plan = _plan(script, threads, segment_size, report, strict=True)
     options = launch.LaunchOptions(
         plan=plan,
@@ -140,24 +138,16 @@ def _plan(
     strict: bool,
 ) -> StagePlan:
     """The script's stage plan with command-line settings on top (they win)."""
-    from allasrun.staging import jobscript as scripts
-    from allasrun.staging.plan import parse_size
+    from allasrun.staging import jobscript, parse_size
 
-    if script is not None:
-        plan = scripts.load_plan(script, os.environ, getpass.getuser(), strict)
-    else:
-        plan = scripts.discover_plan(os.environ, getpass.getuser())
-    settings = plan.settings
-    if threads is not None:
-        settings = replace(settings, threads=threads)
+    plan = jobscript.load_plan(script, os.environ, strict) if script else jobscript.discover_plan(os.environ)
+    size = None
     if segment_size is not None:
         try:
-            settings = replace(settings, segment_size=parse_size(segment_size))
+            size = parse_size(segment_size)
         except ValueError as error:
             raise UsageError(f"--segment-size: {error}") from None
-    if report is not None:
-        settings = replace(settings, report=report)
-    return replace(plan, settings=settings)
+    return plan.overridden(threads=threads, segment_size=size, report=report)
 
 
 @app.command(

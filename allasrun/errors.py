@@ -1,10 +1,27 @@
 """Every failure allasrun reports, and the one table that maps each to an exit code.
 
-Lower modules raise these; only the CLI turns them into a message and an exit status, so
-the codes users script against are decided in exactly one place.
+Lower modules raise these; the CLI turns any that reaches it into one line and its
+`exit_code`. Staging outcomes are not exceptions: a stage that fails returns 74 or 75 in
+its `StageResult`, because the run goes on (the report is written, the command's status
+logged). Third-party exceptions are mapped to these where they arise: keystoneauth's in
+`auth/keystone.py`, swiftclient's and requests' in `staging/swift.py`.
+
+    AllasrunError
+    ├── UsageError ─ DirectiveError   2   bad option, input file or #ALLAS line
+    ├── KeystoneUnreachable           69  Keystone down or answering 5xx
+    ├── StoreError ─ BucketMissing    69  the object store refused or failed a request
+    │             └─ Corrupt          69  what arrived is not what was listed
+    ├── AuthenticationFailed          77  Keystone refused the credentials
+    ├── NoCredentials                 78  nothing to authenticate with
+    ├── UnsafeFile                    78  a secret file others can read, a directory not ours
+    ├── NoObjectStore                 78  no object-store endpoint in the catalog
+    ├── CommandNotExecutable          126
+    └── CommandNotFound               127
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 # The exit codes allasrun itself uses. A command that ran exits with its own status instead
 # (0-255, or 128+N when signal N killed it); these are only seen when allasrun stops first.
@@ -28,6 +45,13 @@ class UsageError(AllasrunError):
     """The command line or an input file is wrong; nothing was started."""
 
     exit_code = EXIT_USAGE
+
+
+class DirectiveError(UsageError):
+    """A directive is wrong; the message starts with `file:line:` and quotes the line."""
+
+    def __init__(self, where: str, message: str, text: str) -> None:
+        super().__init__(f"{where}: {message}: {text.strip()}")
 
 
 class CommandNotFound(AllasrunError):
@@ -70,3 +94,21 @@ class AuthenticationFailed(AllasrunError):
     """Keystone answered and refused: wrong password, unknown project or user, expired secret."""
 
     exit_code = EXIT_AUTH
+
+
+class StoreError(AllasrunError):
+    """The object store refused or failed a request (after the client's own retries)."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+    def __init__(self, message: str, http_status: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class BucketMissing(StoreError):
+    """The bucket (container) does not exist."""
+
+
+class Corrupt(StoreError):
+    """What arrived is not what the store listed (size, MD5, or the object changed meanwhile)."""

@@ -1,0 +1,24 @@
+"""Authentication: secrets in, tokens out, kept fresh.
+
+The front door is `TokenSource`; the rest is what callers name in type hints. Nothing here
+imports keystoneauth1 until a token must come from Keystone, and nothing here knows about
+jobs or staging.
+"""
+
+from allasrun.auth.identity import SECRET_VARIABLES, AppCredential, Identity, Password, Target
+from allasrun.auth.schedule import Schedule
+from allasrun.auth.source import TokenSource
+from allasrun.auth.token import Token, duration, utc_text
+
+__all__ = [
+    "SECRET_VARIABLES",
+    "AppCredential",
+    "Identity",
+    "Password",
+    "Schedule",
+    "Target",
+    "Token",
+    "TokenSource",
+    "duration",
+    "utc_text",
+]

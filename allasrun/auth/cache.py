@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from allasrun.atomicfile import locked, private_dir, write_atomic
-from allasrun.auth.identity import AppCredential, Password, Secret, Target
+from allasrun.auth.identity import Secret, Target
 from allasrun.auth.token import Token
 
 
@@ -27,12 +27,7 @@ class TokenCache:
     @classmethod
     def for_identity(cls, directory: Path, target: Target, secret: Secret) -> TokenCache:
         """Name the file by a hash of who the token is for, never by the secret itself."""
-        if isinstance(secret, AppCredential):
-            who = f"appcred:{secret.id}"
-        elif isinstance(secret, Password):
-            who = f"user:{target.user_domain}/{target.username}"
-        else:
-            who = "token"
+        who = secret.cache_owner(target)
         scope = f"{target.project_domain}/{target.project_name}"
         key = "|".join((target.auth_url, who, scope, target.interface, target.region or ""))
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]

@@ -39,6 +39,19 @@ class AppCredential:
     id: str
     secret: str = ""
     origin: str = "environment"
+    renewable = True
+
+    def describe(self) -> str:
+        """Which credential and where it came from, for logs (never the secret)."""
+        return f"application credential {self.id} ({self.origin})"
+
+    def cache_owner(self, target: Target) -> str:
+        """Whose tokens these are, for the token cache's file name."""
+        return f"appcred:{self.id}"
+
+    def hidden(self) -> tuple[str, ...]:
+        """The strings the log must never show."""
+        return (self.secret,)
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,19 @@ class Password:
 
     value: str
     origin: str = "OS_PASSWORD"
+    renewable = True
+
+    def describe(self) -> str:
+        """Where the password came from, for logs."""
+        return f"password from {self.origin}"
+
+    def cache_owner(self, target: Target) -> str:
+        """A password's tokens are the user's, shared by every run with that password."""
+        return f"user:{target.user_domain}/{target.username}"
+
+    def hidden(self) -> tuple[str, ...]:
+        """The strings the log must never show."""
+        return (self.value,)
 
 
 @dataclass(frozen=True)
@@ -55,6 +81,19 @@ class ExistingToken:
 
     value: str
     storage_url: Optional[str] = None
+    renewable = False
+
+    def describe(self) -> str:
+        """What the run holds: a token that ends when it ends."""
+        return "existing token from OS_AUTH_TOKEN (cannot be renewed)"
+
+    def cache_owner(self, target: Target) -> str:
+        """Never cached (there is nothing to renew), but named for completeness of the protocol."""
+        return "token"
+
+    def hidden(self) -> tuple[str, ...]:
+        """The strings the log must never show."""
+        return (self.value,)
 
 
 @dataclass(frozen=True)
@@ -133,18 +172,6 @@ def choose_secret(
     )
 
 
-def child_environment(
-    env: Mapping[str, str],
-    additions: Mapping[str, str],
-    keep_password: bool = False,
-) -> dict[str, str]:
-    """The job command's environment: ours, less every secret, plus the keeper's variables."""
-    removed = {name for name in SECRET_VARIABLES if not (keep_password and name == "OS_PASSWORD")}
-    child = {name: value for name, value in env.items() if name not in removed}
-    child.update(additions)
-    return child
-
-
 @dataclass(frozen=True)
 class Identity:
     """Where to authenticate, as whom, and with what."""
@@ -155,12 +182,7 @@ class Identity:
     @property
     def origin(self) -> str:
         """Where the secret came from, for logs and `allasrun status` (never the secret)."""
-        secret = self.secret
-        if isinstance(secret, Password):
-            return f"password from {secret.origin}"
-        if isinstance(secret, AppCredential):
-            return f"application credential {secret.id} ({secret.origin})"
-        return "existing token from OS_AUTH_TOKEN (cannot be renewed)"
+        return self.secret.describe()
 
 
 def gather(

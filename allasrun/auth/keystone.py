@@ -17,6 +17,7 @@ from keystoneauth1 import session as ks_session
 from keystoneauth1.access.access import AccessInfo, AccessInfoV3
 from keystoneauth1.identity import v3
 
+from allasrun import __version__
 from allasrun.auth.identity import AppCredential, ExistingToken, Password, Secret, Target
 from allasrun.auth.token import Token
 from allasrun.errors import (
@@ -39,7 +40,7 @@ def authenticate(target: Target, secret: Secret) -> Token:
         if isinstance(secret, ExistingToken):
             auth = _validate(target, secret)
         else:
-            auth = _plugin(target, secret).get_auth_ref(ks_session.Session(timeout=TIMEOUT))
+            auth = _plugin(target, secret).get_auth_ref(_session())
     except ks_exc.ClientException as error:
         _raise_mapped(error, target, "authenticate")
     if not isinstance(auth, AccessInfoV3) or auth.expires is None or auth.auth_token is None:
@@ -99,7 +100,7 @@ def _request(
     body: dict[str, Any] | None = None,
     missing_ok: bool = False,
 ) -> Any:
-    session = ks_session.Session(timeout=TIMEOUT)
+    session = _session()
     url = target.auth_url.rstrip("/") + path
     try:
         return session.request(url, method, headers={"X-Auth-Token": token.value}, json=body)
@@ -111,9 +112,14 @@ def _request(
         _raise_mapped(error, target, f"{method} {path}")
 
 
+def _session() -> ks_session.Session:
+    """A session whose User-Agent says `allasrun/VERSION`, so Keystone's log tells our logins apart."""
+    return ks_session.Session(timeout=TIMEOUT, app_name="allasrun", app_version=__version__)
+
+
 def _validate(target: Target, secret: ExistingToken) -> AccessInfo:
     """Ask Keystone about a token we hold (GET /v3/auth/tokens): expiry, project, catalog."""
-    session = ks_session.Session(timeout=TIMEOUT)
+    session = _session()
     headers = {"X-Auth-Token": secret.value, "X-Subject-Token": secret.value}
     response = session.get(target.auth_url.rstrip("/") + "/auth/tokens", headers=headers)
     return access.create(resp=response, body=response.json())

@@ -1,20 +1,20 @@
-"""The files rclone and swift read: what they say, and where they go.
+"""What the job's clients see: the files rclone and swift read, and the command's environment.
 
 Every file is rewritten whole at each renewal (see atomicfile), so a client started at any
-moment reads a token with time left on it.
+moment reads a token with time left on it. The environment is ours less every secret, plus
+where those files are.
 """
 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from allasrun.atomicfile import locked, write_atomic
-from allasrun.auth.identity import AppCredential, Target
-from allasrun.auth.token import Token
+from allasrun.auth import SECRET_VARIABLES, AppCredential, Target, Token
 
 HEADER = "# Written by allasrun; rewritten at every token renewal. Edits here are lost.\n"
 
@@ -48,6 +48,28 @@ def rclone_section(
         keys.update(auth_token=token.value, storage_url=token.storage_url)
     body = "".join(f"{key} = {value}\n" for key, value in keys.items())
     return f"[{remote}]\n{body}"
+
+
+def read_env(path: Path) -> dict[str, str]:
+    """The token and storage URL an `env_file` holds, read back without running a shell."""
+    found = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name, equals, value = line.removeprefix("export ").partition("=")
+        if equals and name in ("OS_AUTH_TOKEN", "OS_STORAGE_URL"):
+            found[name] = shlex.split(value)[0]
+    return found
+
+
+def child_environment(
+    env: Mapping[str, str],
+    additions: Mapping[str, str],
+    keep_password: bool = False,
+) -> dict[str, str]:
+    """The job command's environment: ours, less every secret, plus the keeper's variables."""
+    removed = {name for name in SECRET_VARIABLES if not (keep_password and name == "OS_PASSWORD")}
+    child = {name: value for name, value in env.items() if name not in removed}
+    child.update(additions)
+    return child
 
 
 def env_file(token: Token) -> str:
@@ -111,13 +133,6 @@ class ClientFiles:
     def env_path(self) -> Path:
         """The file swift users `source` before a call."""
         return self.directory / "env"
-
-    def paths(self) -> Iterable[Path]:
-        """Every file this run keeps current."""
-        yield self.rclone_config
-        yield self.env_path
-        if self.user_config is not None:
-            yield self.user_config
 
     def write(self, token: Token) -> None:
         """Write every file for `token`; each is replaced atomically."""

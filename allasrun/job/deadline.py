@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Optional
 
-from allasrun.auth.token import utc_text
+from allasrun.auth import utc_text
 from allasrun.log import log
+from allasrun.slurm import facts
 
 RECHECK = 300.0  # seconds between readings of the job's end time
 
@@ -29,21 +30,23 @@ class Deadline:
         lead: float,
         grace: float,
         signum: int = signal.SIGTERM,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._window = window
         self._send = send
-        self.lead = lead
+        self.lead = lead  # as configured; the effective lead is at most half the job's time
         self.grace = grace
         self.signum = signum
         self.signalled_at: Optional[float] = None
+        self._clock = clock
         self._end: Optional[float] = None
-        self._lead = lead
+        self._effective_lead = lead
         self._read_at = float("-inf")
         self._done = False
 
     def __call__(self) -> Optional[float]:
         """Act if it is time; seconds until the next call, or None when there is nothing left."""
-        now = time.time()
+        now = self._clock()
         if self._done:
             return None
         if self.signalled_at is not None:
@@ -57,7 +60,7 @@ class Deadline:
             self._read(now)
         if self._end is None:
             return RECHECK
-        at = self._end - self._lead
+        at = self._end - self._effective_lead
         if now < at:
             return min(at - now, RECHECK - (now - self._read_at))
         log.warning(
@@ -70,14 +73,14 @@ class Deadline:
         self.signalled_at = now
         return self.grace
 
-    def heard(self, signum: int) -> None:
+    def on_signal(self, signum: int) -> None:
         """Slurm's warning (`--signal=B:USR1@N`, forwarded already) means: the deadline is now."""
         if signum != signal.SIGUSR1 or self.signalled_at is not None:
             return
         log.warning("SIGUSR1 from Slurm: the job is about to end; stopping the command to stage out")
         if self.signum != signal.SIGUSR1:
             self._send(self.signum)
-        self.signalled_at = time.time()
+        self.signalled_at = self._clock()
 
     def _read(self, now: float) -> None:
         window = self._window()
@@ -88,4 +91,13 @@ class Deadline:
         lead = min(self.lead, (end - start) / 2)  # a short job still gets to run half its time
         if end != self._end:
             log.info("job ends at %s; the command will be signalled %.0f s before", utc_text(end), lead)
-        self._end, self._lead = end, lead
+        self._end, self._effective_lead = end, lead
+
+
+def for_job(
+    env: Mapping[str, str], send: Callable[[int], None], lead: float, grace: float, signum: int
+) -> Optional[Deadline]:
+    """In a Slurm job, a deadline that follows the job's end time; None outside one."""
+    if facts.job_id(env) is None:
+        return None
+    return Deadline(lambda: facts.time_window(env), send, lead, grace, signum)

@@ -9,15 +9,19 @@ once per job, on the leader of SLURM_PROCID 0. Keystone sees one login per node.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from allasrun import paths
 from allasrun.atomicfile import write_atomic
+from allasrun.errors import EXIT_STAGE_IN, AllasrunError
 
 POLL = 0.2  # seconds between looks at the shared directory; tasks wait here only at start/end
 _REPEAT = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
@@ -28,7 +32,7 @@ class Step:
     """A task's place in a multi-task step."""
 
     job: str
-    step: str
+    step_id: str
     local_id: int
     proc_id: int
     node_tasks: int
@@ -45,7 +49,61 @@ class Step:
 
     def directory(self, base: Path) -> Path:
         """The directory the node's tasks of this step share."""
-        return base / f"step-{self.job}.{self.step}"
+        return base / f"step-{self.job}.{self.step_id}"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where this allasrun stands, and the directory that holds the files its command uses.
+
+    It leads (authenticates, keeps the token, stages) unless another allasrun does: one
+    around it (`enclosed`, e.g. the batch step under `allasrun sbatch`) or its node's
+    leading task of the step.
+    """
+
+    directory: Path
+    role: Optional[Step] = None
+    enclosed: bool = False
+
+    @property
+    def leads(self) -> bool:
+        """Whether this process keeps the token for its command."""
+        return not self.enclosed and (self.role is None or self.role.leads)
+
+    @property
+    def stages_out(self) -> bool:
+        """Whether this process uploads the job's results."""
+        return self.role is None or self.role.stages_out
+
+
+def place(env: Mapping[str, str], stages: bool) -> Placement:
+    """Find where this allasrun stands from its environment.
+
+    An allasrun that has staging of its own to do never hides under an enclosing one.
+    """
+    outer = env.get("ALLASRUN_DIR")
+    if outer and not stages and (Path(outer) / "env").is_file():
+        return Placement(Path(outer), enclosed=True)
+    role = from_env(env)
+    base = paths.runtime_dir(env)
+    if role is None:
+        return Placement(base / f"run-{os.getpid()}")
+    return Placement(role.directory(base), role)
+
+
+@contextlib.contextmanager
+def leading(where: Placement) -> Iterator[Path]:
+    """Leader: make the run's private directory, tell followers of a failure, remove it after."""
+    directory = paths.owned_private_dir(where.directory)
+    if where.role is not None:
+        mark_started(directory)
+    try:
+        yield directory
+    except AllasrunError as error:
+        announce(where, error.exit_code)  # the step's other tasks stop with the same status
+        raise
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def from_env(env: Mapping[str, str]) -> Optional[Step]:
@@ -75,9 +133,10 @@ def tasks_on_node(layout: str, node: int) -> int:
     return counts[node]
 
 
-def announce(directory: Path, status: Optional[int]) -> None:
+def announce(where: Placement, status: Optional[int]) -> None:
     """Leader: the files are written and stage-in is over; None means go, a number means stop."""
-    write_atomic(directory / "ready", "go\n" if status is None else f"{status}\n")
+    if where.role is not None:
+        write_atomic(where.directory / "ready", "go\n" if status is None else f"{status}\n")
 
 
 def await_leader(directory: Path, leader_alive: float = 30.0) -> Optional[int]:
@@ -95,9 +154,9 @@ def await_leader(directory: Path, leader_alive: float = 30.0) -> Optional[int]:
         pid_file = directory / "leader"
         if pid_file.exists():
             if not _alive(int(pid_file.read_text())):
-                return 74
+                return EXIT_STAGE_IN
         elif time.monotonic() - started > leader_alive:
-            return 74
+            return EXIT_STAGE_IN
         time.sleep(POLL)
 
 
@@ -111,9 +170,10 @@ def mark_done(directory: Path, local_id: int, status: int) -> None:
     write_atomic(directory / f"done-{local_id}", f"{status}\n")
 
 
-def await_followers(directory: Path, count: int) -> None:
+def await_followers(where: Placement) -> None:
     """Leader: wait until the node's other tasks are done, keeping their token alive meanwhile."""
-    while not all((directory / f"done-{n}").exists() for n in range(1, count)):
+    count = where.role.node_tasks if where.role is not None else 1
+    while not all((where.directory / f"done-{n}").exists() for n in range(1, count)):
         time.sleep(POLL)
 
 

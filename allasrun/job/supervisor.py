@@ -138,13 +138,13 @@ class Supervisor:
     def wait(
         self,
         timer: Optional[Callable[[], Optional[float]]] = None,
-        heard: Optional[Callable[[int], None]] = None,
+        on_signal: Optional[Callable[[int], None]] = None,
     ) -> int:
         """Forward signals until the child exits; its status, or 128+N if signal N killed it.
 
         `timer` (the deadline) is called at start, whenever the seconds it last returned have
-        passed, and after `heard` has been told of a forwarded signal; it returns None when it
-        needs no more calls.
+        passed, and after `on_signal` has been told of a forwarded signal; it returns None
+        when it needs no more calls.
         """
         timeout = timer() if timer else None
         while True:
@@ -160,8 +160,8 @@ class Supervisor:
                     return status
             elif not self._came_from_terminal(info):
                 self.send(info.si_signo)
-                if heard is not None:
-                    heard(info.si_signo)
+                if on_signal is not None:
+                    on_signal(info.si_signo)
                     timeout = timer() if timer else None
 
     def send(self, signum: int) -> None:

@@ -30,6 +30,10 @@ class CommandLine:
     script: Optional[str]
     arguments: tuple[str, ...]
 
+    def has(self, *flags: str) -> bool:
+        """Whether any of these value-less options was given (`--wait`, `-W`)."""
+        return any(word in flags for word in self.options)
+
     def option(self, *names: str) -> Optional[str]:
         """The value of the last of these options given (`--time=5`, `--time 5`, `-t5`, `-t 5`)."""
         found = None
@@ -94,15 +98,24 @@ def parse_time(text: str) -> Optional[float]:
     return float(((d * 24 + h) * 60 + m) * 60 + s)
 
 
+def header_length(lines: Sequence[str]) -> int:
+    """How many lines a job script's header has, `#!` line included.
+
+    sbatch reads `#SBATCH` (and allasrun `#ALLAS`) up to the first line that is neither
+    blank nor a comment.
+    """
+    return next(
+        (i for i, line in enumerate(lines) if line.strip() and not line.strip().startswith("#")),
+        len(lines),
+    )
+
+
 def _sbatch_lines(text: str) -> list[list[str]]:
-    words = []
-    for line in text.splitlines()[1:]:
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            break
-        if stripped.startswith("#SBATCH"):
-            words.append(shlex.split(stripped[len("#SBATCH") :], comments=True))
-    return words
+    lines = text.splitlines()
+    header = (line.strip() for line in lines[: header_length(lines)])
+    return [
+        shlex.split(line[len("#SBATCH") :], comments=True) for line in header if line.startswith("#SBATCH")
+    ]
 
 
 def is_shell_script(text: str) -> bool:
@@ -114,10 +127,7 @@ def is_shell_script(text: str) -> bool:
 def wrapped(text: str, guard: str) -> str:
     """The script with `guard` inserted before its first command, after every #SBATCH line."""
     lines = text.splitlines(keepends=True)
-    at = next(
-        (i for i, line in enumerate(lines) if i > 0 and line.strip() and not line.strip().startswith("#")),
-        len(lines),
-    )
+    at = header_length(lines)
     if at == len(lines) and lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
     return "".join([*lines[:at], guard + "\n", *lines[at:]])

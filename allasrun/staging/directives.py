@@ -11,7 +11,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Optional
 
-from allasrun.errors import UsageError
+from allasrun.errors import DirectiveError
+from allasrun.slurm.sbatchline import header_length
 
 VERBS = ("stage-in", "stage-out", "option")
 WHEN = ("success", "failure", "always")
@@ -27,13 +28,6 @@ SETTINGS = (
     "deadline-signal",
 )
 _PREFIX = re.compile(r"#ALLAS(\s|$)")
-
-
-class DirectiveError(UsageError):
-    """A directive is wrong; the message starts with `file:line:` and quotes the line."""
-
-    def __init__(self, where: str, message: str, text: str) -> None:
-        super().__init__(f"{where}: {message}: {text.strip()}")
 
 
 @dataclass(frozen=True)
@@ -54,22 +48,18 @@ class Directive:
 def parse(text: str, path: str) -> tuple[list[Directive], list[str]]:
     """The directives of a script's header, and warnings for `#ALLAS` lines after it.
 
-    The header ends at the first line that is neither blank nor a comment, as for #SBATCH.
+    The header ends where sbatch's does (`header_length`).
     """
     directives: list[Directive] = []
     warnings: list[str] = []
-    in_header = True
-    for number, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    header = header_length(lines)
+    for number, line in enumerate(lines, start=1):
         stripped = line.strip()
-        if number == 1 and stripped.startswith("#!"):
-            continue
-        if stripped and not stripped.startswith("#"):
-            in_header = False
-            continue
         if not _PREFIX.match(stripped):
             continue
         where = f"{path}:{number}"
-        if not in_header:
+        if number > header:
             warnings.append(f"{where}: #ALLAS after the first command is ignored: {stripped}")
             continue
         directives.append(_directive(where, stripped))

@@ -22,6 +22,17 @@ _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _SIZE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
 
 
+def is_pattern(text: str) -> bool:
+    """Whether a name holds glob characters (`*`, `?`, `[`)."""
+    return bool(_MAGIC.search(text))
+
+
+def pattern_start(text: str) -> int:
+    """Where the first glob character is (the length of the text if there is none)."""
+    match = _MAGIC.search(text)
+    return match.start() if match else len(text)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Knobs from `#ALLAS option` lines (and the command line, which wins)."""
@@ -51,13 +62,12 @@ class StageIn:
     @property
     def is_glob(self) -> bool:
         """Whether `key` is a pattern rather than a name or prefix."""
-        return bool(_MAGIC.search(self.key))
+        return is_pattern(self.key)
 
     @property
     def listing_prefix(self) -> str:
         """What to ask Swift to list: everything up to the first pattern character."""
-        match = _MAGIC.search(self.key)
-        return self.key[: match.start()] if match else self.key
+        return self.key[: pattern_start(self.key)]
 
     @property
     def base(self) -> str:
@@ -93,6 +103,19 @@ class StagePlan:
 
     def __bool__(self) -> bool:
         return bool(self.stage_in or self.stage_out)
+
+    def overridden(
+        self, threads: Optional[int], segment_size: Optional[int], report: Optional[str]
+    ) -> StagePlan:
+        """The plan with the command line's settings, where given, in place of the script's."""
+        settings = self.settings
+        if threads is not None:
+            settings = replace(settings, threads=threads)
+        if segment_size is not None:
+            settings = replace(settings, segment_size=segment_size)
+        if report is not None:
+            settings = replace(settings, report=report)
+        return replace(self, settings=settings)
 
 
 def build(
@@ -144,7 +167,7 @@ def _remote(directive: Directive, text: str, strict_name: bool) -> tuple[str, st
     bucket, _, key = name.partition("/")
     if not bucket:
         raise directive.fail(f"no bucket in {text!r}")
-    if _MAGIC.search(bucket):
+    if is_pattern(bucket):
         raise directive.fail(f"bucket name {bucket!r} cannot be a pattern")
     if len(bucket.encode()) > 256:
         raise directive.fail(f"bucket name {bucket!r} is longer than Swift's 256 bytes")

@@ -1,90 +1,55 @@
-"""Swift through python-swiftclient, authenticated by the keeper's current token.
+"""`SwiftStore`: the `Store` protocol over python-swiftclient, authenticated by a TokenSource.
 
-The only module that imports swiftclient. A keystoneauth plugin hands swiftclient the token
-the keeper holds; on a 401 swiftclient calls `invalidate`, which asks the keeper for a
-renewal, so a transfer that outlives a token carries on instead of failing.
+The only module that imports swiftclient. A keystoneauth plugin hands swiftclient the
+source's current token; on a 401 swiftclient calls `invalidate`, which asks the source for a
+renewal, so a transfer that outlives a token carries on instead of failing. Every call goes
+through `_call`, the one place swiftclient's and requests' exceptions become `StoreError`s
+that name the URL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Optional
 
+import urllib3
 from keystoneauth1 import plugin as ks_plugin
 from keystoneauth1 import session as ks_session
 from swiftclient import client as swift
 from swiftclient.exceptions import ClientException
 from swiftclient.utils import LengthWrapper
 
-from allasrun.auth.token import Token
-from allasrun.errors import AllasrunError
-
-CHUNK = 1024 * 1024
+from allasrun.errors import BucketMissing, StoreError
+from allasrun.staging.store import CHUNK, Credentials, RemoteObject, Segment
 
 
-class StoreError(AllasrunError):
-    """Swift refused or failed a request (after swiftclient's own retries)."""
+class _SourceAuth(ks_plugin.BaseAuthPlugin):
+    """Serves the source's token to swiftclient and renews it when Swift says 401."""
 
-    def __init__(self, message: str, http_status: Optional[int] = None) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-
-
-class BucketMissing(StoreError):
-    """The bucket (container) does not exist."""
-
-
-@dataclass(frozen=True)
-class RemoteObject:
-    """One listed object. `md5` is the content's MD5, except for SLO manifests (slo=True)."""
-
-    name: str
-    size: int
-    md5: str
-    slo: bool = False
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One segment of a static large object, as its manifest lists it."""
-
-    path: str
-    size: int
-    md5: str
-
-
-class _KeeperAuth(ks_plugin.BaseAuthPlugin):
-    """Serves the keeper's token to swiftclient and renews it when Swift says 401."""
-
-    def __init__(self, current: Callable[[], Token], refresh: Callable[[Token], Token]) -> None:
+    def __init__(self, credentials: Credentials) -> None:
         super().__init__()
-        self._current = current
-        self._refresh = refresh
+        self._credentials = credentials
 
     def get_token(self, session: ks_session.Session) -> str:
-        return self._current().value
+        return self._credentials.token.value
 
     def get_endpoint(self, session: ks_session.Session, **kwargs: Any) -> str:
-        return self._current().storage_url
+        return self._credentials.token.storage_url
 
     def invalidate(self) -> bool:
-        self._refresh(self._current())
+        self._credentials.renew(self._credentials.token)
         return True
 
 
-class Store:
+class SwiftStore:
     """Object storage operations for the stager; safe to use from many threads."""
 
-    def __init__(
-        self,
-        current: Callable[[], Token],
-        refresh: Callable[[Token], Token],
-        retries: int = 3,
-    ) -> None:
-        self._session = ks_session.Session(auth=_KeeperAuth(current, refresh))
+    def __init__(self, credentials: Credentials, retries: int = 3) -> None:
+        self._credentials = credentials
+        self._session = ks_session.Session(auth=_SourceAuth(credentials))
         self._retries = retries
         self._local = threading.local()
 
@@ -100,7 +65,7 @@ class Store:
         """Every object whose name starts with `prefix` (the full listing, paged)."""
         try:
             _, rows = self._call(
-                f"list {bucket}/{prefix}",
+                f"list {self._url(bucket)}{f' (prefix {prefix!r})' if prefix else ''}",
                 self._conn().get_container,
                 bucket,
                 prefix=prefix or None,
@@ -108,7 +73,7 @@ class Store:
             )
         except StoreError as error:
             if error.http_status == 404:
-                raise BucketMissing(f"bucket {bucket!r} does not exist") from None
+                raise BucketMissing(f"bucket {bucket!r} does not exist ({self._url(bucket)})") from None
             raise
         return [
             RemoteObject(row["name"], int(row["bytes"]), row["hash"], "slo_etag" in row)
@@ -119,22 +84,22 @@ class Store:
     def bucket_exists(self, bucket: str) -> bool:
         """Whether the bucket (container) exists."""
         try:
-            self._conn().head_container(bucket)
-        except ClientException as error:
+            self._call(f"look up {self._url(bucket)}", self._conn().head_container, bucket)
+        except StoreError as error:
             if error.http_status == 404:
                 return False
-            raise _error(error, f"check bucket {bucket}") from None
+            raise
         return True
 
     def ensure_bucket(self, bucket: str) -> None:
         """Create the bucket if it is missing."""
         if not self.bucket_exists(bucket):
-            self._call(f"create bucket {bucket}", self._conn().put_container, bucket)
+            self._call(f"create {self._url(bucket)}", self._conn().put_container, bucket)
 
     def segments(self, bucket: str, name: str) -> list[Segment]:
         """The manifest of a static large object: its segments in order."""
         _, body = self._call(
-            f"read the manifest of {bucket}/{name}",
+            f"read the manifest of {self._url(bucket, name)}",
             self._conn().get_object,
             bucket,
             name,
@@ -144,16 +109,20 @@ class Store:
 
     def download(self, bucket: str, name: str) -> tuple[dict[str, str], Iterator[bytes]]:
         """Response headers and the body in 1 MiB chunks."""
-        headers, body = self._call(
-            f"download {bucket}/{name}", self._conn().get_object, bucket, name, resp_chunk_size=CHUNK
-        )
-        return headers, body
+        action = f"download {self._url(bucket, name)}"
+        headers, body = self._call(action, self._conn().get_object, bucket, name, resp_chunk_size=CHUNK)
+        return headers, _stream(body, action)
 
     def upload(self, bucket: str, name: str, source: BinaryIO, size: int) -> tuple[str, str]:
         """PUT `size` bytes from `source` (from its position); the MD5 read and Swift's ETag."""
         wrapper = _BigReads(source, size, md5=True)
         etag = self._call(
-            f"upload {bucket}/{name}", self._conn().put_object, bucket, name, wrapper, content_length=size
+            f"upload {self._url(bucket, name)}",
+            self._conn().put_object,
+            bucket,
+            name,
+            wrapper,
+            content_length=size,
         )
         return wrapper.get_md5sum(), str(etag)
 
@@ -161,7 +130,7 @@ class Store:
         """Create a static large object from uploaded segments (Swift checks each ETag)."""
         manifest = json.dumps([{"path": f"/{s.path}", "etag": s.md5, "size_bytes": s.size} for s in segments])
         self._call(
-            f"write the manifest of {bucket}/{name}",
+            f"write the manifest of {self._url(bucket, name)}",
             self._conn().put_object,
             bucket,
             name,
@@ -172,20 +141,39 @@ class Store:
     def delete(self, bucket: str, name: str) -> None:
         """Delete one object; a missing one is fine."""
         try:
-            self._conn().delete_object(bucket, name)
-        except ClientException as error:
+            self._call(f"delete {self._url(bucket, name)}", self._conn().delete_object, bucket, name)
+        except StoreError as error:
             if error.http_status != 404:
-                raise _error(error, f"delete {bucket}/{name}") from None
+                raise
+
+    def _url(self, bucket: str, name: str = "") -> str:
+        """Where a request goes, for messages: the storage URL, bucket and object."""
+        return f"{self._credentials.token.storage_url.rstrip('/')}/{bucket}" + (f"/{name}" if name else "")
 
     def _call(self, action: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
+        with _mapped(action):
             return function(*args, **kwargs)
-        except ClientException as error:
-            raise _error(error, action) from None
-        except OSError as error:  # requests' connection errors are OSErrors
-            raise StoreError(f"cannot {action}: {error}") from None
-        except ValueError as error:  # a listing or manifest that is not JSON/UTF-8
-            raise StoreError(f"cannot {action}: malformed response ({error})") from None
+
+
+def _stream(body: Iterator[bytes], action: str) -> Iterator[bytes]:
+    """The body, with errors while it streams (a reset, a timeout) mapped like the request's."""
+    with _mapped(action):
+        yield from body
+
+
+@contextlib.contextmanager
+def _mapped(action: str) -> Iterator[None]:
+    """Turn swiftclient's, requests' and urllib3's exceptions into StoreError."""
+    try:
+        yield
+    except ClientException as error:
+        status = f"HTTP {error.http_status}" if error.http_status else "no response"
+        message = f"cannot {action}: {status} {error.http_reason or ''}".rstrip()
+        raise StoreError(message, error.http_status) from None
+    except (OSError, urllib3.exceptions.HTTPError) as error:  # requests' errors are OSErrors
+        raise StoreError(f"cannot {action}: {error}") from None
+    except ValueError as error:  # a listing or manifest that is not JSON/UTF-8
+        raise StoreError(f"cannot {action}: malformed response ({error})") from None
 
 
 class _BigReads(LengthWrapper):  # type: ignore[misc]  # swiftclient has no type hints
@@ -198,8 +186,3 @@ class _BigReads(LengthWrapper):  # type: ignore[misc]  # swiftclient has no type
     def read(self, size: int = -1) -> bytes:
         data: bytes = super().read(max(size, CHUNK) if size >= 0 else size)
         return data
-
-
-def _error(error: ClientException, action: str) -> StoreError:
-    status = f"HTTP {error.http_status}" if error.http_status else "no response"
-    return StoreError(f"cannot {action}: {status} {error.http_reason or ''}".rstrip(), error.http_status)

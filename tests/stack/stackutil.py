@@ -37,9 +37,9 @@ class Stack:
         return text.count(needle)
 
     def allasrun_logins(self) -> int:
-        """Logins made by allasrun itself (its User-Agent), not by rclone or swift."""
+        """Logins made by allasrun itself (its User-Agent, `allasrun/VERSION`), not by rclone or swift."""
         text = Path(self.env["MINI_ALLAS_KEYSTONE_LOG"]).read_text(errors="replace")
-        return sum(1 for line in text.splitlines() if "POST /v3/auth/tokens" in line and '"allasrun ' in line)
+        return sum(1 for line in text.splitlines() if "POST /v3/auth/tokens" in line and '"allasrun/' in line)
 
     def user_session(self) -> ks_session.Session:
         """A keystoneauth session as the stack's user, for checks made beside allasrun."""

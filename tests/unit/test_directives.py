@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from allasrun.errors import DirectiveError
 from allasrun.staging import plan as stageplan
-from allasrun.staging.directives import DirectiveError, parse
+from allasrun.staging.directives import parse
 from allasrun.staging.plan import StageIn, StageOut, build, parse_size
 
 SCRIPT = """#!/bin/bash

@@ -10,11 +10,11 @@ from allasrun.auth.identity import (
     AskPassword,
     ExistingToken,
     Password,
-    child_environment,
     choose_secret,
     target_from_env,
 )
 from allasrun.errors import NoCredentials
+from allasrun.job import child_environment
 
 FULL = {
     "OS_APPLICATION_CREDENTIAL_ID": "cid",

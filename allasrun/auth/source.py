@@ -1,0 +1,252 @@
+"""`TokenSource`: the one way any command gets, keeps and renews a token.
+
+A stateful holder in keystoneauth's style. Opening it gathers who we are, registers every
+secret it learns with the log's redactor, and takes a token from the cache when another run
+left one with enough life. `renew` is locked and reuses a renewal another thread (or, through
+the cache, another process) made meanwhile, so a burst of 401s costs Keystone one login.
+Application credentials are created and revoked here and nowhere else, and the one minted
+for a run is revoked when the source is closed.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Callable, Optional
+
+from allasrun import paths
+from allasrun.auth.cache import TokenCache
+from allasrun.auth.identity import AppCredential, Identity, Password, Target, ask_password, gather
+from allasrun.auth.schedule import Schedule
+from allasrun.auth.token import Token, duration, utc_text
+from allasrun.errors import AllasrunError, UsageError
+from allasrun.log import hide, log
+
+Listener = Callable[[Token], None]
+
+
+class TokenSource:
+    """Holds the identity and its current token; renews it on demand."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        token: Token,
+        cache: Optional[TokenCache],
+        schedule: Schedule,
+    ) -> None:
+        self._identity = identity
+        self._token = token
+        self._cache = cache
+        self.schedule = schedule
+        self.renewals = 0
+        self._owner: Optional[Identity] = None  # the password behind a minted run credential
+        self._minted: Optional[AppCredential] = None
+        self._listeners: list[Listener] = []
+        self._lock = threading.RLock()
+        hide(*identity.secret.hidden(), token.value)
+
+    @classmethod
+    def open(
+        cls,
+        env: Mapping[str, str],
+        *,
+        project: Optional[str] = None,
+        storage_url: Optional[str] = None,
+        use_cache: bool = True,
+        use_stored: bool = True,
+        password_only: bool = False,
+        schedule: Optional[Schedule] = None,
+        ask: Callable[[str], str] = getpass.getpass,
+    ) -> TokenSource:
+        """Gather the identity from `env` and get a token with enough life left.
+
+        `project` is `#ALLAS option project=`: it names the project when OS_PROJECT_NAME
+        does not, for every command alike. `password_only` (for `login`) refuses any other
+        secret, asking at the terminal if there is one.
+        """
+        if project and not env.get("OS_PROJECT_NAME"):
+            env = {**env, "OS_PROJECT_NAME": project}
+        identity = gather(env, storage_url, ask, use_stored)
+        if password_only and not isinstance(identity.secret, Password):
+            identity = Identity(identity.target, _password(identity.target, ask))
+        hide(*identity.secret.hidden())
+        cache = None
+        if use_cache and identity.secret.renewable:
+            cache = TokenCache.for_identity(paths.cache_dir(env), identity.target, identity.secret)
+        schedule = schedule or Schedule()
+        return cls(identity, _obtain(identity, cache, schedule), cache, schedule)
+
+    @property
+    def identity(self) -> Identity:
+        """Whom the tokens are for, and the secret that gets them."""
+        return self._identity
+
+    @property
+    def token(self) -> Token:
+        """The token to use now."""
+        return self._token
+
+    @property
+    def cache(self) -> Optional[TokenCache]:
+        """The token cache in use, if any (a minted run credential uses none)."""
+        return self._cache
+
+    @property
+    def app_credential(self) -> Optional[AppCredential]:
+        """The application credential tokens come from, if that is the secret (rclone wants it)."""
+        secret = self._identity.secret
+        return secret if isinstance(secret, AppCredential) else None
+
+    def on_renew(self, listener: Listener) -> None:
+        """Call `listener` with every new token before anyone else can see it.
+
+        The keeper writes the client files here, so a client never holds a token the files
+        do not hold yet. A listener that raises leaves the old token in place.
+        """
+        self._listeners.append(listener)
+
+    def renew(self, stale: Optional[Token] = None) -> Token:
+        """A newer token than `stale` (the one Swift refused, or the one due for renewal).
+
+        If the current token is already another than `stale`, someone renewed meanwhile and
+        that token is returned without asking Keystone.
+        """
+        with self._lock:
+            if stale is not None and stale.value != self._token.value:
+                return self._token
+            fresh = _obtain(self._identity, self._cache, self.schedule, replacing=self._token)
+            hide(fresh.value)
+            for listener in self._listeners:
+                listener(fresh)
+            self._token = fresh
+            self.renewals += 1
+        log.info(
+            "renewed token (%d); expires %s (in %s)",
+            self.renewals,
+            fresh.expiry_text(),
+            duration(fresh.remaining(time.time())),
+        )
+        return fresh
+
+    def use_run_credential(self, hours: float) -> None:
+        """Trade a password for an application credential that lives only as long as the run.
+
+        rclone and the keeper can then re-authenticate on their own for days. The password
+        stays in this object only, to revoke the credential at the end: Keystone does not let
+        a restricted credential delete itself. Any other secret is used as it is.
+        """
+        if not isinstance(self._identity.secret, Password):
+            return
+        expires = time.time() + hours * 3600
+        name, credential = self.create_credential(
+            "run", expires, "created by allasrun for one run; revoked when it ends"
+        )
+        with self._lock:
+            self._owner, self._minted = self._identity, credential
+            self._identity = Identity(self._identity.target, credential)
+            self._cache = None  # no other run can use this credential's tokens
+            self._token = _obtain(self._identity, None, self.schedule)
+            hide(self._token.value)
+        log.info("created application credential %s for this run (expires %s)", name, utc_text(expires))
+
+    def create_credential(self, kind: str, expires_at: float, description: str) -> tuple[str, AppCredential]:
+        """Create a restricted application credential for this user and project: its name too.
+
+        Names are unique per user in Keystone, so host, pid and time all go into one.
+        """
+        from allasrun.auth import keystone
+
+        name = f"allasrun-{kind}-{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
+        target, token = self._manager()
+        credential = keystone.create_app_credential(target, token, name, expires_at, description)
+        hide(credential.secret)
+        return name, credential
+
+    def revoke(self, credential_id: str, label: str) -> bool:
+        """Delete an application credential; on failure warn, as its expiry still bounds it."""
+        from allasrun.auth import keystone
+
+        try:
+            target, token = self._manager()
+            keystone.delete_app_credential(target, token, credential_id)
+        except AllasrunError as error:
+            log.warning("could not revoke %s: %s", label, error)
+            return False
+        log.info("revoked %s", label)
+        return True
+
+    def close(self) -> None:
+        """Revoke the credential minted for the run, if any."""
+        minted, self._minted = self._minted, None
+        if minted is not None:
+            self.revoke(minted.id, f"application credential {minted.id}")
+
+    def __enter__(self) -> TokenSource:
+        return self
+
+    def __exit__(
+        self,
+        kind: Optional[type[BaseException]],
+        value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def _manager(self) -> tuple[Target, Token]:
+        """A token allowed to manage application credentials, with time left on it.
+
+        After minting that is the password's (a restricted credential may not manage
+        credentials, not even itself); otherwise the current one, renewed if it is stale,
+        as it is after `sbatch --wait` has waited for a long job.
+        """
+        if self._owner is not None:
+            token = _obtain(self._owner, None, self.schedule)
+            hide(token.value)
+            return self._owner.target, token
+        if self.schedule.fresh_enough(self._token, time.time()):
+            return self._identity.target, self._token
+        return self._identity.target, self.renew(self._token)
+
+
+def _password(target: Target, ask: Callable[[str], str]) -> Password:
+    if not os.isatty(0):
+        raise UsageError("this needs the password: set OS_PASSWORD or run it from a terminal")
+    return ask_password(target, ask)
+
+
+def _obtain(
+    identity: Identity,
+    cache: Optional[TokenCache],
+    schedule: Schedule,
+    replacing: Optional[Token] = None,
+) -> Token:
+    """A token with enough life left: from the cache if another run left one, else Keystone.
+
+    When renewing, `replacing` is the token in hand: a cached token only counts if it
+    outlives that one, i.e. another process on this node renewed first.
+    """
+    if cache is None:
+        return _authenticate(identity)
+    with cache.exclusive():
+        cached = cache.load()
+        newer = replacing is None or (cached is not None and cached.expires_at > replacing.expires_at)
+        if cached is not None and newer and schedule.fresh_enough(cached, time.time()):
+            log.debug("using the cached token (expires %s)", cached.expiry_text())
+            return cached
+        token = _authenticate(identity)
+        cache.store(token)
+        return token
+
+
+def _authenticate(identity: Identity) -> Token:
+    # Imported here: keystoneauth costs ~65 ms of imports, which a run served by the cache
+    # never pays.
+    from allasrun.auth import keystone
+
+    return keystone.authenticate(identity.target, identity.secret)

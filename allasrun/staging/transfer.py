@@ -1,0 +1,50 @@
+"""One record per file or object moved (or not), and the words for counting them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+# Outcomes of one transfer; only FAILED, REFUSED and MISSING make a stage fail.
+DONE, SKIPPED, FAILED, REFUSED, MISSING, CANCELLED = (
+    "done",
+    "skipped",
+    "failed",
+    "refused",
+    "missing",
+    "cancelled",
+)
+PROBLEMS = (FAILED, REFUSED, MISSING)
+
+
+@dataclass
+class Transfer:
+    """One file or object moved (or not), for the JSON report and the summary."""
+
+    direction: str
+    where: str
+    source: str
+    destination: str
+    bytes: int = 0
+    md5: str = ""
+    seconds: float = 0.0
+    status: str = FAILED
+    error: str = ""
+
+
+def problems(transfers: Sequence[Transfer]) -> list[Transfer]:
+    """The transfers that make a stage fail."""
+    return [t for t in transfers if t.status in PROBLEMS]
+
+
+def summarise(label: str, transfers: Sequence[Transfer], seconds: float) -> str:
+    """`stage-in: 502 file(s), 12.3 MiB in 8.1 s (500 done, 2 skipped, 0 failed)`."""
+    moved = sum(t.bytes for t in transfers if t.status == DONE)
+    counts = {status: sum(1 for t in transfers if t.status == status) for status in (DONE, SKIPPED)}
+    bad = len(problems(transfers))
+    rate = f", {moved / MIB / seconds:.1f} MiB/s" if seconds > 0 and moved else ""
+    return (
+        f"{label}: {len(transfers)} file(s), {moved / MIB:.1f} MiB moved in {seconds:.1f} s{rate} "
+        f"({counts[DONE]} done, {counts[SKIPPED]} skipped as identical, {bad} failed)"
+    )
