@@ -62,7 +62,7 @@ def settle(source: TokenSource, handover: Handover, job_id: str, ended: bool) ->
     """After sbatch: record the job's id, or delete the credential if no job will use it."""
     if job_id and not ended:
         credstore.write(handover.path, replace(handover.stored, job_id=job_id))
-    elif handover.stored.owned:  # not submitted, or (with --wait) the job has ended
+    else:  # not submitted, or (with --wait) the job has ended: no file left holding a secret
         forget(source, handover.path, replace(handover.stored, job_id=job_id))
 
 

@@ -40,4 +40,5 @@ class Schedule:
 
     def retry_delay(self, attempt: int) -> float:
         """Exponential backoff: 1, 2, 4 ... seconds, capped (k5start retries every minute)."""
-        return float(min(self.retry_max, self.retry_first * 2 ** (attempt - 1)))
+        # The exponent is bounded: 2.0**1025 overflows, and a day-long outage counts that far.
+        return float(min(self.retry_max, self.retry_first * 2.0 ** min(attempt - 1, 64)))

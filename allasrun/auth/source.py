@@ -16,7 +16,6 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Callable, Optional
 
 from allasrun import paths
@@ -190,12 +189,7 @@ class TokenSource:
     def __enter__(self) -> TokenSource:
         return self
 
-    def __exit__(
-        self,
-        kind: Optional[type[BaseException]],
-        value: Optional[BaseException],
-        traceback: Optional[TracebackType],
-    ) -> None:
+    def __exit__(self, *exception: object) -> None:
         self.close()
 
     def _manager(self) -> tuple[Target, Token]:

@@ -10,8 +10,7 @@ import time
 from collections.abc import Mapping
 
 from allasrun import paths
-from allasrun.auth import TokenSource, utc_text
-from allasrun.auth.credstore import StoredCredential, load, save
+from allasrun.auth import TokenSource, credstore, utc_text
 from allasrun.errors import UsageError
 
 
@@ -24,8 +23,8 @@ def run(env: Mapping[str, str], days: float) -> str:
     expires = time.time() + days * 86400
     name, created = source.create_credential("login", expires, "created by 'allasrun login' for batch jobs")
     directory = paths.config_dir(env)
-    previous = load(directory, target.project_name, target.auth_url)
-    stored = StoredCredential(
+    previous = credstore.load(directory, target.project_name, target.auth_url)
+    stored = credstore.StoredCredential(
         auth_url=target.auth_url,
         project_name=target.project_name,
         project_id=token.project_id,
@@ -35,7 +34,7 @@ def run(env: Mapping[str, str], days: float) -> str:
         name=name,
         expires_at=utc_text(expires),
     )
-    path = save(directory, stored)
+    path = credstore.save(directory, stored)
     if previous is not None:  # the replaced credential is no longer needed anywhere
         source.revoke(previous[1].id, f"the previous credential {previous[1].name}")
     return f"stored application credential {name} in {path}; it expires {stored.expires_at}\n"

@@ -10,8 +10,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from types import TracebackType
-from typing import Optional
 
 from allasrun.auth import TokenSource, duration
 from allasrun.errors import AllasrunError
@@ -49,12 +47,7 @@ class Keeper:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        kind: Optional[type[BaseException]],
-        value: Optional[BaseException],
-        traceback: Optional[TracebackType],
-    ) -> None:
+    def __exit__(self, *exception: object) -> None:
         self.stop()
 
     def _run(self) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -116,3 +119,47 @@ def test_corrupt_stored_credential_names_the_file(stack: Stack, home: Path, tmp_
     code, stderr, ran = run_marker_job(env, tmp_path)
     assert (code, ran) == (errors.EXIT_USAGE, False)
     assert_one_error_line(stderr, str(path), "not a credentials file")
+
+
+class _Unavailable(http.server.BaseHTTPRequestHandler):
+    """An object store in trouble: every request gets 503."""
+
+    def do_GET(self) -> None:
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_HEAD = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def failing_swift() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1/AUTH_x"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("swift", ["refused", "503"])
+@pytest.mark.parametrize("command", ["check", "sbatch"])
+def test_a_failing_object_store_is_exit_69_naming_the_url(
+    stack: Stack, home: Path, tmp_path: Path, failing_swift: str, swift: str, command: str
+) -> None:
+    """Swift down or answering 5xx says nothing about the inputs: 69 with the URL, never 74 or 2.
+
+    The token is real (Keystone validates it); the storage URL it is used with is not.
+    """
+    storage_url = "http://127.0.0.1:9/v1/AUTH_x" if swift == "refused" else failing_swift
+    env = user_env(
+        stack, home, OS_AUTH_TOKEN=stack.user_session().get_token() or "", OS_STORAGE_URL=storage_url
+    )
+    del env["OS_PASSWORD"]
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/bash\n#ALLAS stage-in stage-data/x\ntouch ran\n")
+    result = allasrun([command, str(script)], env)
+    assert result.returncode == errors.EXIT_UNAVAILABLE, result.stderr
+    assert_one_error_line(result.stderr, f"{storage_url}/stage-data")
+    assert not (tmp_path / "ran").exists()

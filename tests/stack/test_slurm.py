@@ -212,7 +212,7 @@ def test_sbatch_hands_over_a_credential_not_a_password(
     wrap = ["--parsable", f"--output={tmp_path}/wrap-%j.txt", "--wrap", "rclone lsf allas:slurm-data/in"]
     again = sbatch(stack, slurm, home, tmp_path, *wrap)
     assert again.returncode == 0, again.stderr
-    assert f"deleted application credential {credential} of finished job {job_id}" in again.stderr
+    assert f"revoked application credential {credential} of finished job {job_id}" in again.stderr
     assert not stack.app_credential_exists(credential)
     wrap_job = again.stdout.strip()
     assert slurm.wait(wrap_job)["ExitCode"] == "0:0"
@@ -310,5 +310,28 @@ def test_sbatch_wait_revokes_the_credential_when_the_job_ends(
     credential = (tmp_path / "cred-id.txt").read_text().strip()
     assert credential
     assert (tmp_path / "during.txt").read_text().strip() == "200"  # it existed while the job ran
-    assert f"deleted application credential {credential}" in result.stderr
+    assert f"revoked application credential {credential}" in result.stderr
     assert not stack.app_credential_exists(credential)  # and is gone once the job has ended
+
+
+def test_sbatch_takes_the_project_from_the_script(
+    stack: Stack, slurm: Slurm, home: Path, tmp_path: Path
+) -> None:
+    """No OS_PROJECT_NAME, only `#ALLAS option project=`: the password authenticates for it."""
+    make_bucket(stack, "slurm-data")
+    put_object(stack, "slurm-data", "in/words.txt", b"hello allas\n")
+    script = tmp_path / "project.sh"
+    script.write_text(
+        f"#!/bin/bash\n#ALLAS option project={stack.env['OS_PROJECT_NAME']}\n"
+        "#ALLAS stage-in slurm-data/in/words.txt\ncat words.txt\n"
+    )
+    env = {**user_env(stack, home), **slurm.env}
+    del env["OS_PROJECT_NAME"]
+    result = allasrun(
+        ["sbatch", "--wait", "--parsable", f"--output={tmp_path}/out.txt", str(script)],
+        env,
+        cwd=tmp_path,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out.txt").read_text().count("hello allas") == 1

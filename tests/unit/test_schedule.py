@@ -36,3 +36,9 @@ def test_fresh_enough_means_more_than_the_margin_left() -> None:
 def test_backoff_doubles_up_to_a_minute() -> None:
     schedule = Schedule()
     assert [schedule.retry_delay(n) for n in (1, 2, 3, 7, 20)] == [1.0, 2.0, 4.0, 60.0, 60.0]
+
+
+def test_backoff_stays_capped_however_long_the_outage() -> None:
+    """Attempt 1026 is 17 hours of failures at the 60 s cap: the delay must still be 60 s."""
+    assert Schedule().retry_delay(1026) == 60.0
+    assert Schedule().retry_delay(10**6) == 60.0

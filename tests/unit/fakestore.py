@@ -1,0 +1,193 @@
+"""`FakeStore`: the `Store` protocol in memory, with Swift's semantics and injectable faults.
+
+The stager's rules (verify, retry, skip identical, clean up segments) are tested without a
+server. That only proves something if the fake answers as Swift does where the stager relies
+on it: a missing bucket is `BucketMissing` when listed; a static large object (SLO) is listed
+with its total size and the MD5 of its segments' MD5 hex strings (not the content's MD5), its
+manifest names segments `bucket/name`, and downloading it streams the segments' bytes; an
+upload reads exactly `size` bytes from the file's position. Faults are deterministic: errors
+queued for the next calls of a method, a byte flipped in a download, a wrong ETag stored on
+upload, and a hook run before every call. Every call is logged as (method, bucket, name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Optional
+
+from allasrun.errors import BucketMissing, StoreError
+from allasrun.staging.store import RemoteObject, Segment
+
+
+def md5(data: bytes) -> str:
+    """The hex MD5 of `data`."""
+    return hashlib.md5(data).hexdigest()
+
+
+def slo_md5(segments: list[Segment]) -> str:
+    """What Swift lists as an SLO's hash: the MD5 of its segments' MD5 hex strings."""
+    return md5("".join(s.md5 for s in segments).encode())
+
+
+def unavailable(what: str = "request") -> StoreError:
+    """The error a store reports for an HTTP 503."""
+    return StoreError(f"cannot {what}: HTTP 503 Service Unavailable", 503)
+
+
+@dataclass
+class Stored:
+    """One object: its bytes and ETag, or, for an SLO, its manifest."""
+
+    data: bytes
+    etag: str
+    manifest: Optional[list[Segment]] = None
+
+
+class FakeStore:
+    """In-memory buckets of objects; safe across the stager's threads."""
+
+    def __init__(self, chunk: int = 700) -> None:
+        self.buckets: dict[str, dict[str, Stored]] = {}
+        self.calls: list[tuple[str, str, str]] = []
+        self.chunk = chunk  # bytes per downloaded chunk: not a divisor of segment sizes on purpose
+        self.corrupt: set[str] = set()  # object names whose download has one byte flipped
+        self.bad_etag: set[str] = set()  # an upload of a name starting with one gets a wrong ETag
+        self.before: Optional[Callable[[str, str, str], None]] = None  # runs before every call
+        self._faults: dict[str, list[Optional[BaseException]]] = {}
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------ for tests
+
+    def fail(self, method: str, *errors: Optional[BaseException]) -> None:
+        """Raise these errors, one per call, on the next calls of `method` (None: let one pass)."""
+        with self._lock:
+            self._faults.setdefault(method, []).extend(errors)
+
+    def count(self, method: str) -> int:
+        """How many times `method` was called."""
+        return sum(1 for call in self.calls if call[0] == method)
+
+    def put_object(self, bucket: str, name: str, data: bytes) -> None:
+        """Store an object directly, as another client would (not logged)."""
+        with self._lock:
+            self.buckets.setdefault(bucket, {})[name] = Stored(data, md5(data))
+
+    def put_slo(self, bucket: str, name: str, data: bytes, segment_size: int) -> list[Segment]:
+        """Store `data` as an SLO with segments in `<bucket>_segments` (not logged)."""
+        segments = []
+        for index, offset in enumerate(range(0, len(data), segment_size)):
+            part = data[offset : offset + segment_size]
+            self.put_object(f"{bucket}_segments", f"{name}/{index:08d}", part)
+            segments.append(Segment(f"{bucket}_segments/{name}/{index:08d}", len(part), md5(part)))
+        with self._lock:
+            self.buckets.setdefault(bucket, {})[name] = Stored(b"", slo_md5(segments), segments)
+        return segments
+
+    def content(self, bucket: str, name: str) -> bytes:
+        """An object's content as a download would stream it (segments joined for an SLO)."""
+        stored = self.buckets[bucket][name]
+        if stored.manifest is None:
+            return stored.data
+        parts = []
+        for segment in stored.manifest:
+            segment_bucket, _, segment_name = segment.path.partition("/")
+            parts.append(self._stored(segment_bucket, segment_name).data)  # Swift: 409
+        return b"".join(parts)
+
+    def names(self, bucket: str) -> list[str]:
+        """The object names in a bucket, sorted ([] if there is no bucket)."""
+        return sorted(self.buckets.get(bucket, {}))
+
+    # ------------------------------------------------------------ the Store protocol
+
+    def listing(self, bucket: str, prefix: str) -> list[RemoteObject]:
+        self._enter("listing", bucket, prefix)
+        with self._lock:
+            if bucket not in self.buckets:
+                raise BucketMissing(f"bucket {bucket!r} does not exist")
+            return [
+                self._listed(name, stored)
+                for name, stored in sorted(self.buckets[bucket].items())
+                if name.startswith(prefix)
+            ]
+
+    def bucket_exists(self, bucket: str) -> bool:
+        self._enter("bucket_exists", bucket, "")
+        return bucket in self.buckets
+
+    def ensure_bucket(self, bucket: str) -> None:
+        self._enter("ensure_bucket", bucket, "")
+        with self._lock:
+            self.buckets.setdefault(bucket, {})
+
+    def segments(self, bucket: str, name: str) -> list[Segment]:
+        self._enter("segments", bucket, name)
+        manifest = self._stored(bucket, name).manifest
+        if manifest is None:
+            raise StoreError(f"cannot read the manifest of {bucket}/{name}: not a large object")
+        return list(manifest)
+
+    def download(self, bucket: str, name: str) -> tuple[dict[str, str], Iterator[bytes]]:
+        self._enter("download", bucket, name)
+        with self._lock:
+            etag = self._stored(bucket, name).etag
+            data = bytearray(self.content(bucket, name))
+        if name in self.corrupt and data:
+            data[len(data) // 2] ^= 0x01
+        chunks = [bytes(data[i : i + self.chunk]) for i in range(0, len(data), self.chunk)]
+        return {"etag": f'"{etag}"', "content-length": str(len(data))}, iter(chunks)
+
+    def upload(self, bucket: str, name: str, source: BinaryIO, size: int) -> tuple[str, str]:
+        self._enter("upload", bucket, name)
+        data = source.read(size)
+        if len(data) != size:
+            raise StoreError(f"cannot upload {bucket}/{name}: sent {len(data)} of {size} bytes")
+        with self._lock:
+            if bucket not in self.buckets:
+                raise StoreError(f"cannot upload {bucket}/{name}: HTTP 404 Not Found", 404)
+            wrong = any(name.startswith(start) for start in self.bad_etag)
+            etag = md5(b"stored wrong") if wrong else md5(data)
+            self.buckets[bucket][name] = Stored(data, etag)
+        return md5(data), etag
+
+    def put_manifest(self, bucket: str, name: str, segments: list[Segment]) -> None:
+        self._enter("put_manifest", bucket, name)
+        with self._lock:
+            for segment in segments:  # Swift checks each segment's size and ETag
+                segment_bucket, _, segment_name = segment.path.partition("/")
+                stored = self._stored(segment_bucket, segment_name)
+                if (len(stored.data), stored.etag) != (segment.size, segment.md5):
+                    raise StoreError(f"cannot write the manifest of {bucket}/{name}: HTTP 400", 400)
+            self.buckets[bucket][name] = Stored(b"", slo_md5(segments), list(segments))
+
+    def delete(self, bucket: str, name: str) -> None:
+        self._enter("delete", bucket, name)
+        with self._lock:
+            self.buckets.get(bucket, {}).pop(name, None)
+
+    # ------------------------------------------------------------ internals
+
+    def _enter(self, method: str, bucket: str, name: str) -> None:
+        with self._lock:
+            self.calls.append((method, bucket, name))
+        if self.before is not None:
+            self.before(method, bucket, name)
+        with self._lock:
+            queued = self._faults.get(method)
+            error = queued.pop(0) if queued else None
+        if error is not None:
+            raise error
+
+    def _stored(self, bucket: str, name: str) -> Stored:
+        stored = self.buckets.get(bucket, {}).get(name)
+        if stored is None:
+            raise StoreError(f"cannot get {bucket}/{name}: HTTP 404 Not Found", 404)
+        return stored
+
+    def _listed(self, name: str, stored: Stored) -> RemoteObject:
+        if stored.manifest is None:
+            return RemoteObject(name, len(stored.data), stored.etag)
+        return RemoteObject(name, sum(s.size for s in stored.manifest), stored.etag, slo=True)

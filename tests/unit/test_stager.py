@@ -1,0 +1,368 @@
+"""The stager against an in-memory store: verified, retried, resumable transfers both ways.
+
+Real files in tmp_path, a `FakeStore` with Swift's semantics and injected faults; the 1 s
+sleeps between retries are recorded instead of slept.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, as_completed
+from pathlib import Path
+
+import pytest
+
+from allasrun.staging.plan import Settings, StageIn, StageOut
+from allasrun.staging.stager import Stager
+from allasrun.staging.transfer import CANCELLED, DONE, FAILED, MISSING, REFUSED, SKIPPED, Transfer
+from tests.unit.fakestore import FakeStore, md5, unavailable
+
+IN = StageIn("job.sh:2", "bkt", "data/", "in/")
+OUT = StageOut("job.sh:3", "results/", "out", "run1/")
+RANDOM = random.Random(2500)
+BIG = RANDOM.randbytes(2500)  # three segments of 1024 bytes at most
+SMALL = {"data/a.txt": b"alpha\n", "data/sub/b.bin": RANDOM.randbytes(1500), "other/c.txt": b"not asked for"}
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The delays the stager would have slept between retries."""
+    delays: list[float] = []
+    monkeypatch.setattr("allasrun.staging.stager.time.sleep", delays.append)
+    return delays
+
+
+@pytest.fixture
+def store() -> FakeStore:
+    store = FakeStore()
+    for name, data in SMALL.items():
+        store.put_object("bkt", name, data)
+    return store
+
+
+def stager(store: FakeStore, workdir: Path, threads: int = 4, retries: int = 3) -> Stager:
+    settings = Settings(threads=threads, segment_size=1024, retries=retries, progress=3600.0)
+    return Stager(store, settings, workdir)
+
+
+def stage_in(store: FakeStore, workdir: Path, *specs: StageIn, threads: int = 4) -> dict[str, Transfer]:
+    """Run a stage-in (IN by default) and index its records by source."""
+    records = stager(store, workdir, threads).stage_in(specs or (IN,), lambda: False)
+    return {t.source: t for t in records}
+
+
+def stage_out(store: FakeStore, workdir: Path, *specs: StageOut) -> dict[str, Transfer]:
+    """Run a stage-out (OUT by default) and index its records by destination."""
+    return {t.destination: t for t in stager(store, workdir).stage_out(specs or (OUT,))}
+
+
+def statuses(records: dict[str, Transfer]) -> dict[str, str]:
+    return {key: t.status for key, t in records.items()}
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    """Every file below `directory` (hidden ones too) and its content."""
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+# ---------------------------------------------------------------- stage-in
+
+
+def test_stage_in_prefix(store: FakeStore, tmp_path: Path) -> None:
+    records = stage_in(store, tmp_path)
+    assert statuses(records) == {"allas:bkt/data/a.txt": DONE, "allas:bkt/data/sub/b.bin": DONE}
+    assert files(tmp_path) == {"in/a.txt": SMALL["data/a.txt"], "in/sub/b.bin": SMALL["data/sub/b.bin"]}
+    b = records["allas:bkt/data/sub/b.bin"]
+    assert (b.destination, b.bytes, b.md5) == (
+        str(tmp_path / "in/sub/b.bin"),
+        1500,
+        md5(SMALL["data/sub/b.bin"]),
+    )
+
+
+def test_stage_in_skips_identical_files_and_fetches_changed_ones(store: FakeStore, tmp_path: Path) -> None:
+    stage_in(store, tmp_path)
+    store.calls.clear()
+    assert set(statuses(stage_in(store, tmp_path)).values()) == {SKIPPED}
+    assert store.count("download") == 0
+    (tmp_path / "in/a.txt").write_bytes(b"ALPHA\n")  # same size, other content
+    assert statuses(stage_in(store, tmp_path))["allas:bkt/data/a.txt"] == DONE
+    assert store.calls.count(("download", "bkt", "data/a.txt")) == 1
+    assert (tmp_path / "in/a.txt").read_bytes() == SMALL["data/a.txt"]
+
+
+def test_stage_in_retries_a_failed_download(store: FakeStore, tmp_path: Path, sleeps: list[float]) -> None:
+    store.fail("download", unavailable())
+    records = stage_in(store, tmp_path, threads=1)
+    assert set(statuses(records).values()) == {DONE}
+    assert store.count("download") == 3  # two objects, one of them twice
+    assert sleeps == [1]
+    assert files(tmp_path)["in/a.txt"] == SMALL["data/a.txt"]
+
+
+def test_stage_in_gives_up_after_retries(store: FakeStore, tmp_path: Path, sleeps: list[float]) -> None:
+    store.fail("download", *[unavailable("download bkt/data/a.txt")] * 3)
+    record = stage_in(store, tmp_path, threads=1)["allas:bkt/data/a.txt"]
+    assert (record.status, record.error) == (
+        FAILED,
+        "cannot download bkt/data/a.txt: HTTP 503 Service Unavailable",
+    )
+    assert store.calls.count(("download", "bkt", "data/a.txt")) == 3
+    assert sleeps == [1, 2]
+    assert "in/a.txt" not in files(tmp_path)
+
+
+def test_stage_in_corrupt_download_leaves_nothing(
+    store: FakeStore, tmp_path: Path, sleeps: list[float]
+) -> None:
+    store.corrupt.add("data/sub/b.bin")
+    record = stage_in(store, tmp_path)["allas:bkt/data/sub/b.bin"]
+    assert record.status == FAILED
+    assert f"does not match the listed {md5(SMALL['data/sub/b.bin'])}" in record.error
+    assert files(tmp_path) == {"in/a.txt": SMALL["data/a.txt"]}  # no final file, no .part
+    assert store.calls.count(("download", "bkt", "data/sub/b.bin")) == 3
+
+
+def test_stage_in_object_changed_since_listing(store: FakeStore, tmp_path: Path, sleeps: list[float]) -> None:
+    def rewrite(method: str, bucket: str, name: str) -> None:
+        if method == "download":
+            store.put_object(bucket, name, b"changed")
+
+    store.before = rewrite
+    record = stage_in(store, tmp_path)["allas:bkt/data/a.txt"]
+    assert record.status == FAILED
+    assert f"data/a.txt: changed since it was listed (ETag {md5(b'changed')}" in record.error
+    assert "in/a.txt" not in files(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["data/../x", "data/sub/../../x", "data//etc/x"])
+def test_stage_in_refuses_escaping_names_and_fetches_nothing(
+    store: FakeStore, tmp_path: Path, name: str
+) -> None:
+    store.put_object("bkt", name, b"evil")
+    records = stage_in(store, tmp_path / "job")
+    assert list(records) == [f"allas:bkt/{name}"]
+    assert records[f"allas:bkt/{name}"].status == REFUSED
+    assert "would escape" in records[f"allas:bkt/{name}"].error
+    assert store.count("download") == store.count("segments") == 0
+    assert files(tmp_path) == {}
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        (StageIn("job.sh:4", "nobucket", "data/", "in/"), "bucket 'nobucket' does not exist"),
+        (StageIn("job.sh:4", "bkt", "nothing/", "in/"), "no object matches allas:bkt/nothing/"),
+        (StageIn("job.sh:4", "bkt", "data/*.csv", "in/"), "no object matches allas:bkt/data/*.csv"),
+    ],
+)
+def test_stage_in_missing_fetches_nothing(
+    store: FakeStore, tmp_path: Path, spec: StageIn, error: str
+) -> None:
+    records = stage_in(store, tmp_path, IN, spec)
+    assert [(t.status, t.where, t.error) for t in records.values()] == [(MISSING, "job.sh:4", error)]
+    assert store.count("download") == 0  # IN was fine, but the command will not run anyway
+
+
+def test_stage_in_listing_failure_is_a_failure_not_missing(store: FakeStore, tmp_path: Path) -> None:
+    store.fail("listing", unavailable("list bkt"))
+    record = stage_in(store, tmp_path)["allas:bkt/data/"]
+    assert (record.status, record.error) == (FAILED, "cannot list bkt: HTTP 503 Service Unavailable")
+
+
+def test_stage_in_large_object(store: FakeStore, tmp_path: Path, sleeps: list[float]) -> None:
+    store.put_slo("bkt", "data/big", BIG, 1024)
+    assert statuses(stage_in(store, tmp_path))["allas:bkt/data/big"] == DONE
+    assert (tmp_path / "in/big").read_bytes() == BIG
+    store.calls.clear()
+    assert statuses(stage_in(store, tmp_path))["allas:bkt/data/big"] == SKIPPED  # checked per segment
+    assert store.count("download") == 0
+    (tmp_path / "in/big").unlink()
+    store.corrupt.add("data/big")  # a byte flipped in the middle: in segment 1
+    record = stage_in(store, tmp_path)["allas:bkt/data/big"]
+    assert record.status == FAILED and "data/big: segment 1 has MD5" in record.error
+    assert "in/big" not in files(tmp_path)
+
+
+def test_cancel_stops_starting_transfers(
+    store: FakeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(5):
+        store.put_object("bkt", f"many/{n}", b"%d" % n)
+    loop_done = threading.Event()
+
+    def as_completed_then_signal(futures: Iterable[Future[Transfer]]) -> Iterator[Future[Transfer]]:
+        for future in as_completed(futures):
+            yield future
+            loop_done.set()  # the stager has handled this future, cancelling included
+
+    def hold_later_downloads(method: str, bucket: str, name: str) -> None:
+        if method == "download" and name != "many/0":
+            loop_done.wait(5)  # a transfer that starts meanwhile cannot be cancelled: keep it short
+
+    monkeypatch.setattr("allasrun.staging.stager.as_completed", as_completed_then_signal)
+    store.before = hold_later_downloads
+    many = StageIn("job.sh:2", "bkt", "many/", "in/")
+    records = stager(store, tmp_path, threads=1).stage_in([many], lambda: True)  # asked after each one
+    by_name = {t.source.rpartition("/")[2]: t for t in records}
+    assert by_name["0"].status == DONE
+    assert by_name["1"].status in (DONE, CANCELLED)  # it may have started before the signal
+    assert [by_name[n].status for n in "234"] == [CANCELLED] * 3
+    assert {by_name[n].error for n in "234"} == {"interrupted by a signal"}
+    assert store.count("download") <= 2
+    assert not {"in/2", "in/3", "in/4"} & set(files(tmp_path))
+
+
+# ---------------------------------------------------------------- stage-out
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    """results/a.txt and results/sub/b.txt in the job's directory."""
+    (tmp_path / "results/sub").mkdir(parents=True)
+    (tmp_path / "results/a.txt").write_bytes(b"first\n")
+    (tmp_path / "results/sub/b.txt").write_bytes(b"bee\n")
+    return tmp_path / "results"
+
+
+def test_stage_out_directory(store: FakeStore, tmp_path: Path, results: Path) -> None:
+    records = stage_out(store, tmp_path)
+    assert statuses(records) == {"allas:out/run1/a.txt": DONE, "allas:out/run1/sub/b.txt": DONE}
+    assert records["allas:out/run1/a.txt"].source == str(results / "a.txt")
+    assert (records["allas:out/run1/a.txt"].md5, records["allas:out/run1/a.txt"].bytes) == (
+        md5(b"first\n"),
+        6,
+    )
+    assert store.content("out", "run1/a.txt") == b"first\n"
+    assert store.content("out", "run1/sub/b.txt") == b"bee\n"
+    assert files(tmp_path / "results") == {"a.txt": b"first\n", "sub/b.txt": b"bee\n"}  # untouched
+
+
+@pytest.mark.parametrize(
+    ("source", "key", "names"),
+    [
+        ("results", "run1", ["run1/a.txt", "run1/sub/b.txt"]),
+        ("results/a.txt", "keep/", ["keep/a.txt"]),
+        ("results/a.txt", "renamed.txt", ["renamed.txt"]),
+        ("results/a.txt", "", ["a.txt"]),
+        ("results/a*", "g/", ["g/a.txt"]),
+    ],
+)
+def test_stage_out_names(
+    store: FakeStore, tmp_path: Path, results: Path, source: str, key: str, names: list[str]
+) -> None:
+    stage_out(store, tmp_path, StageOut("job.sh:3", source, "out", key))
+    assert store.names("out") == names
+
+
+def test_stage_out_skips_identical_then_no_overwrite_refuses(
+    store: FakeStore, tmp_path: Path, results: Path
+) -> None:
+    stage_out(store, tmp_path)
+    store.calls.clear()
+    assert set(statuses(stage_out(store, tmp_path)).values()) == {SKIPPED}
+    assert store.count("upload") == 0
+    (results / "a.txt").write_bytes(b"second\n")
+    keep = StageOut("job.sh:3", "results/", "out", "run1/", overwrite=False)
+    records = stage_out(store, tmp_path, keep)
+    assert statuses(records) == {"allas:out/run1/a.txt": REFUSED, "allas:out/run1/sub/b.txt": SKIPPED}
+    assert "allas:out/run1/a.txt exists and differs" in records["allas:out/run1/a.txt"].error
+    assert store.content("out", "run1/a.txt") == b"first\n"
+    assert statuses(stage_out(store, tmp_path))["allas:out/run1/a.txt"] == DONE  # overwrite is the default
+    assert store.content("out", "run1/a.txt") == b"second\n"
+
+
+def test_stage_out_missing_source(store: FakeStore, tmp_path: Path) -> None:
+    record = stage_out(store, tmp_path)["allas:out/run1/"]
+    assert (record.status, record.source, record.error) == (MISSING, "results/", "nothing matches results/")
+
+
+def segment_names(store: FakeStore) -> list[str]:
+    return store.names("out_segments")
+
+
+def test_stage_out_large_file(store: FakeStore, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(BIG)
+    spec = StageOut("job.sh:3", "big.bin", "out", "run1/big.bin")
+    record = stage_out(store, tmp_path, spec)["allas:out/run1/big.bin"]
+    (listed,) = store.listing("out", "run1/")
+    assert (record.status, record.bytes, record.md5) == (DONE, 2500, listed.md5)
+    assert (listed.slo, listed.size, store.content("out", "run1/big.bin")) == (True, 2500, BIG)
+    manifest = store.segments("out", "run1/big.bin")
+    assert [s.size for s in manifest] == [1024, 1024, 452]
+    assert [f"out_segments/{n}" for n in segment_names(store)] == [s.path for s in manifest]
+    store.calls.clear()
+    assert stage_out(store, tmp_path, spec)["allas:out/run1/big.bin"].status == SKIPPED
+    assert store.count("upload") == 0
+    big.write_bytes(BIG[::-1] + b"more")  # replaced: the old segments go
+    assert stage_out(store, tmp_path, spec)["allas:out/run1/big.bin"].status == DONE
+    manifest = store.segments("out", "run1/big.bin")
+    assert [f"out_segments/{n}" for n in segment_names(store)] == [s.path for s in manifest]
+    assert [s.size for s in manifest] == [1024, 1024, 456]
+    assert store.content("out", "run1/big.bin") == BIG[::-1] + b"more"
+
+
+def stage_out_big(store: FakeStore, tmp_path: Path) -> Transfer:
+    (tmp_path / "big.bin").write_bytes(BIG)
+    return stage_out(store, tmp_path, StageOut("job.sh:3", "big.bin", "out", "run1/"))[
+        "allas:out/run1/big.bin"
+    ]
+
+
+def test_stage_out_large_file_retried(store: FakeStore, tmp_path: Path, sleeps: list[float]) -> None:
+    store.fail("upload", None, unavailable())  # segment 0 lands, segment 1 fails
+    assert stage_out_big(store, tmp_path).status == DONE
+    assert sleeps == [1]
+    assert store.count("upload") == 5
+    assert len(segment_names(store)) == 3
+    assert store.content("out", "run1/big.bin") == BIG
+
+
+def test_stage_out_large_file_failures_leave_no_segments(
+    store: FakeStore, tmp_path: Path, sleeps: list[float]
+) -> None:
+    store.fail("upload", *[None, unavailable("upload a segment")] * 3)  # every attempt fails at segment 1
+    record = stage_out_big(store, tmp_path)
+    assert (record.status, record.error) == (FAILED, "cannot upload a segment: HTTP 503 Service Unavailable")
+    deleted = [name for method, bucket, name in store.calls if (method, bucket) == ("delete", "out_segments")]
+    assert len(deleted) == 3 and all(name.endswith("/00000000") for name in deleted)  # segment 0, each time
+    assert (segment_names(store), store.names("out")) == ([], [])
+
+
+def test_stage_out_large_file_segment_with_wrong_etag(
+    store: FakeStore, tmp_path: Path, sleeps: list[float]
+) -> None:
+    store.bad_etag.add("run1/big.bin/slo/")
+    record = stage_out_big(store, tmp_path)
+    assert record.status == FAILED
+    assert f"big.bin: segment 0 stored as {md5(b'stored wrong')}, read as {md5(BIG[:1024])}" in record.error
+    assert store.count("upload") == 3  # one segment per attempt
+    assert (segment_names(store), store.count("put_manifest")) == ([], 0)
+
+
+def test_stage_out_wrong_etag_fails_and_deletes(
+    store: FakeStore, tmp_path: Path, results: Path, sleeps: list[float]
+) -> None:
+    store.bad_etag.add("run1/a.txt")
+    record = stage_out(store, tmp_path)["allas:out/run1/a.txt"]
+    assert record.status == FAILED
+    wrong, right = md5(b"stored wrong"), md5(b"first\n")
+    assert f"the store kept ETag {wrong}, the file read as MD5 {right}" in record.error
+    assert store.names("out") == ["run1/sub/b.txt"]
+    assert store.calls.count(("upload", "out", "run1/a.txt")) == 3
+    assert store.calls.count(("delete", "out", "run1/a.txt")) == 3
+    assert sleeps == [1, 2]
+
+
+def test_stage_out_bucket_cannot_be_created(store: FakeStore, tmp_path: Path, results: Path) -> None:
+    store.fail("ensure_bucket", unavailable("create out"))
+    other = StageOut("job.sh:4", "results/a.txt", "other", "a.txt")
+    records = stage_out(store, tmp_path, OUT, other)
+    record = records["allas:out/run1/"]
+    assert (record.status, record.where, record.source) == (FAILED, "job.sh:3", "results/")
+    assert record.error == "cannot create out: HTTP 503 Service Unavailable"
+    assert records["allas:other/a.txt"].status == DONE  # one failure does not stop the rest
+    assert store.names("other") == ["a.txt"]
