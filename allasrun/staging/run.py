@@ -11,16 +11,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from allasrun.log import log
-from allasrun.staging import report
 from allasrun.staging.plan import StagePlan
 from allasrun.staging.result import StageResult, after_stage_in, after_stage_out
 from allasrun.staging.select import local_path
-from allasrun.staging.stager import Stager
-from allasrun.staging.store import Credentials, Store
 from allasrun.staging.transfer import Transfer, summarise
+
+if TYPE_CHECKING:  # the stager (threads, hashing) and the store load only when something is staged
+    from allasrun.staging.stager import Stager
+    from allasrun.staging.store import Credentials, Store
 
 
 class StagingRun:
@@ -44,6 +45,8 @@ class StagingRun:
     def stager(self) -> Stager:
         """The stager, and the store under it, made when first needed."""
         if self._stager is None:
+            from allasrun.staging.stager import Stager
+
             self._stager = Stager(self.store, self.plan.settings, self.workdir)
         return self._stager
 
@@ -84,6 +87,8 @@ class StagingRun:
         name = self.plan.settings.report
         if name is None:
             return final
+        from allasrun.staging import report
+
         path = local_path(name, self.workdir)
         try:
             report.write(path, final, command_status, self.transfers)

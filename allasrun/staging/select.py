@@ -12,10 +12,12 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from allasrun.staging.plan import StageIn, is_pattern, pattern_start
-from allasrun.staging.store import RemoteObject
+
+if TYPE_CHECKING:
+    from allasrun.staging.store import RemoteObject
 
 
 def select_objects(spec: StageIn, objects: list[RemoteObject]) -> tuple[list[RemoteObject], str, bool]:
