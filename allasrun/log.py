@@ -22,7 +22,7 @@ class _Redact(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        for secret in self.secrets:
+        for secret in tuple(self.secrets):  # a snapshot: another thread may hide() meanwhile
             message = message.replace(secret, "***")
         record.msg, record.args = message, None
         return True

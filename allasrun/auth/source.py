@@ -125,9 +125,10 @@ class TokenSource:
                 listener(fresh)
             self._token = fresh
             self.renewals += 1
+            count = self.renewals
         log.info(
             "renewed token (%d); expires %s (in %s)",
-            self.renewals,
+            count,
             fresh.expiry_text(),
             duration(fresh.remaining(time.time())),
         )
