@@ -8,7 +8,6 @@ touches the local files. Identical files are skipped both ways, which makes a re
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -23,7 +22,7 @@ from allasrun.log import log
 from allasrun.staging.plan import Settings, StageIn, StageOut, is_pattern
 from allasrun.staging.progress import Progress
 from allasrun.staging.select import common_prefix, dir_like, inside, local_files, local_path, select_objects
-from allasrun.staging.store import RemoteObject, Segment, Store
+from allasrun.staging.store import RemoteObject, Segment, Store, slo_etag
 from allasrun.staging.transfer import CANCELLED, DONE, FAILED, MISSING, REFUSED, SKIPPED, Transfer
 from allasrun.staging.verify import Verifier, same_content
 
@@ -111,7 +110,7 @@ class Stager:
 
     def _fetch(self, fetch: Fetch, record: Transfer) -> None:
         obj, path = fetch.obj, fetch.path
-        segments = self.store.segments(fetch.spec.bucket, obj.name) if obj.slo else None
+        segments = self._segments(fetch.spec.bucket, obj) if obj.slo else None
         if path.is_file() and path.stat().st_size == obj.size and same_content(path, obj, segments):
             record.status, record.md5 = SKIPPED, obj.md5
             return
@@ -125,7 +124,7 @@ class Stager:
         try:
             headers, body = self.store.download(fetch.spec.bucket, obj.name)
             etag = headers.get("etag", "").strip('"')
-            if not obj.slo and etag != obj.md5:
+            if etag != obj.md5:
                 raise Corrupt(f"{obj.name}: changed since it was listed (ETag {etag}, listed {obj.md5})")
             check = Verifier(obj, segments)
             # No fsync: it cost 1.8 s per GiB here, and buys nothing the checks don't. A file is
@@ -186,7 +185,7 @@ class Stager:
     def _put(self, put: Put, record: Transfer) -> None:
         size = put.path.stat().st_size
         remote = put.remote
-        old = self.store.segments(put.spec.bucket, put.name) if remote and remote.slo else None
+        old = self.store.segments(put.spec.bucket, remote) if remote and remote.slo else None
         if remote and remote.size == size and same_content(put.path, remote, old):
             record.status, record.md5 = SKIPPED, remote.md5
             return
@@ -196,9 +195,9 @@ class Stager:
             return
         if size > self.settings.segment_size:
             record.md5 = self._retry(lambda: self._upload_large(put, size))
-            self._delete_segments(old)
         else:
             record.md5 = self._retry(lambda: self._upload(put, size))
+        self._delete_segments(old)  # the replaced large object's, whatever replaced it
         record.status, record.bytes = DONE, size
 
     def _upload(self, put: Put, size: int) -> str:
@@ -232,7 +231,17 @@ class Stager:
         except BaseException:
             self._delete_segments(uploaded)
             raise
-        return hashlib.md5("".join(s.md5 for s in uploaded).encode()).hexdigest()
+        return slo_etag(uploaded)
+
+    def _segments(self, bucket: str, obj: RemoteObject) -> list[Segment]:
+        """The segments to verify a large object by; it is not fetched unverified."""
+        segments = self.store.segments(bucket, obj)
+        if not segments:
+            raise StoreError(
+                f"{obj.name}: a large object whose segments the server does not list and that are "
+                f"not in {bucket}_segments: it cannot be verified, so it is not staged"
+            )
+        return segments
 
     def _delete_segments(self, segments: Optional[Iterable[Segment]]) -> None:
         for segment in segments or ():

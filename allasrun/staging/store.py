@@ -7,18 +7,24 @@ a store reports is a `StoreError` (exit 69 if it ever reaches the CLI) that name
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from allasrun.auth import Token
 
 CHUNK = 1024 * 1024  # bytes per read and per streamed chunk, both ways
+EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 
 
 @dataclass(frozen=True)
 class RemoteObject:
-    """One listed object. `md5` is the content's MD5, except for SLO manifests (slo=True)."""
+    """One listed object: its real size and its ETag.
+
+    The ETag is the content's MD5, except for a static large object (slo=True), whose ETag
+    is the MD5 of its segments' MD5s (`slo_etag`).
+    """
 
     name: str
     size: int
@@ -33,6 +39,11 @@ class Segment:
     path: str
     size: int
     md5: str
+
+
+def slo_etag(segments: Sequence[Segment]) -> str:
+    """A static large object's ETag, as Swift and RGW compute it from its segments."""
+    return hashlib.md5("".join(s.md5 for s in segments).encode()).hexdigest()
 
 
 class Credentials(Protocol):
@@ -66,8 +77,8 @@ class Store(Protocol):
         """Create the bucket if it is missing."""
         ...
 
-    def segments(self, bucket: str, name: str) -> list[Segment]:
-        """The manifest of a static large object: its segments in order."""
+    def segments(self, bucket: str, obj: RemoteObject) -> list[Segment]:
+        """A static large object's segments in order; [] when the store cannot tell them."""
         ...
 
     def download(self, bucket: str, name: str) -> tuple[dict[str, str], Iterator[bytes]]:

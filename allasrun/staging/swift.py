@@ -1,5 +1,12 @@
 """`SwiftStore`: the `Store` protocol over python-swiftclient, authenticated by a TokenSource.
 
+It speaks both dialects of the Swift API that Allas users meet: OpenStack Swift, and Ceph's
+RADOS Gateway, which Allas runs. RGW lists a static large object by its manifest (the
+manifest's size, the MD5 of nothing, no `slo_etag`) and answers `?multipart-manifest=get`
+with an empty body; the object is then asked about with a HEAD, and its segments are found
+by listing `<bucket>_segments` (the layout allasrun and the swift CLI upload) and kept only
+if they add up to the object's size and ETag.
+
 The only module that imports swiftclient. A keystoneauth plugin hands swiftclient the
 source's current token; on a 401 swiftclient calls `invalidate`, which asks the source for a
 renewal, so a transfer that outlives a token carries on instead of failing. Every call goes
@@ -23,7 +30,7 @@ from swiftclient.exceptions import ClientException
 from swiftclient.utils import LengthWrapper
 
 from allasrun.errors import BucketMissing, StoreError
-from allasrun.staging.store import CHUNK, Credentials, RemoteObject, Segment
+from allasrun.staging.store import CHUNK, EMPTY_MD5, Credentials, RemoteObject, Segment, slo_etag
 
 
 class _SourceAuth(ks_plugin.BaseAuthPlugin):
@@ -75,11 +82,18 @@ class SwiftStore:
             if error.http_status == 404:
                 raise BucketMissing(f"bucket {bucket!r} does not exist ({self._url(bucket)})") from None
             raise
-        return [
-            RemoteObject(row["name"], int(row["bytes"]), row["hash"], "slo_etag" in row)
-            for row in rows
-            if "subdir" not in row
-        ]
+        return [self._listed(bucket, row) for row in rows if "subdir" not in row]
+
+    def _listed(self, bucket: str, row: dict[str, Any]) -> RemoteObject:
+        """One listing row as an object; what RGW lists as a manifest is looked up."""
+        name, size = row["name"], int(row["bytes"])
+        if "slo_etag" in row:  # Swift: the object's ETag beside the manifest's hash
+            return RemoteObject(name, size, row["slo_etag"].strip('"'), slo=True)
+        if row["hash"] == EMPTY_MD5 and size > 0:  # RGW: a large object, listed by its manifest
+            headers = self._call(f"look up {self._url(bucket, name)}", self._conn().head_object, bucket, name)
+            large = headers.get("x-static-large-object", "").lower() == "true"
+            return RemoteObject(name, int(headers["content-length"]), headers["etag"].strip('"'), large)
+        return RemoteObject(name, size, row["hash"])
 
     def bucket_exists(self, bucket: str) -> bool:
         """Whether the bucket (container) exists."""
@@ -96,16 +110,46 @@ class SwiftStore:
         if not self.bucket_exists(bucket):
             self._call(f"create {self._url(bucket)}", self._conn().put_container, bucket)
 
-    def segments(self, bucket: str, name: str) -> list[Segment]:
-        """The manifest of a static large object: its segments in order."""
+    def segments(self, bucket: str, obj: RemoteObject) -> list[Segment]:
+        """The segments of a static large object in order; [] if they cannot be known."""
         _, body = self._call(
-            f"read the manifest of {self._url(bucket, name)}",
+            f"read the manifest of {self._url(bucket, obj.name)}",
             self._conn().get_object,
             bucket,
-            name,
+            obj.name,
             query_string="multipart-manifest=get",
         )
-        return [Segment(row["name"].lstrip("/"), int(row["bytes"]), row["hash"]) for row in json.loads(body)]
+        if body.strip():  # Swift: the manifest itself
+            return [
+                Segment(row["name"].lstrip("/"), int(row["bytes"]), row["hash"]) for row in json.loads(body)
+            ]
+        return self._segments_by_name(f"{bucket}_segments", obj)  # RGW: an empty body
+
+    def _segments_by_name(self, container: str, obj: RemoteObject) -> list[Segment]:
+        """The segments under `<name>/slo/<stamp>/<size>/<segment size>/<index>` that make `obj`.
+
+        Several uploads of one name leave several such groups until they are cleaned up; the
+        one whose sizes and MD5s give the object's size and ETag is the object's.
+        """
+        try:
+            listed = self.listing(container, f"{obj.name}/slo/")
+        except BucketMissing:
+            return []
+        groups: dict[str, dict[int, RemoteObject]] = {}
+        for part in listed:
+            group, _, index = part.name.rpartition("/")
+            if index.isdigit():
+                groups.setdefault(group, {})[int(index)] = part
+        for members in groups.values():
+            if sorted(members) != list(range(len(members))):
+                continue  # a gap: not a whole upload
+            found = [
+                Segment(f"{container}/{members[i].name}", members[i].size, members[i].md5)
+                for i in sorted(members)
+            ]
+            if sum(s.size for s in found) == obj.size and slo_etag(found) == obj.md5:
+                return found
+        return []
 
     def download(self, bucket: str, name: str) -> tuple[dict[str, str], Iterator[bytes]]:
         """Response headers and the body in 1 MiB chunks."""

@@ -19,17 +19,12 @@ from dataclasses import dataclass
 from typing import BinaryIO, Optional
 
 from allasrun.errors import BucketMissing, StoreError
-from allasrun.staging.store import RemoteObject, Segment
+from allasrun.staging.store import RemoteObject, Segment, slo_etag
 
 
 def md5(data: bytes) -> str:
     """The hex MD5 of `data`."""
     return hashlib.md5(data).hexdigest()
-
-
-def slo_md5(segments: list[Segment]) -> str:
-    """What Swift lists as an SLO's hash: the MD5 of its segments' MD5 hex strings."""
-    return md5("".join(s.md5 for s in segments).encode())
 
 
 def unavailable(what: str = "request") -> StoreError:
@@ -83,7 +78,7 @@ class FakeStore:
             self.put_object(f"{bucket}_segments", f"{name}/{index:08d}", part)
             segments.append(Segment(f"{bucket}_segments/{name}/{index:08d}", len(part), md5(part)))
         with self._lock:
-            self.buckets.setdefault(bucket, {})[name] = Stored(b"", slo_md5(segments), segments)
+            self.buckets.setdefault(bucket, {})[name] = Stored(b"", slo_etag(segments), segments)
         return segments
 
     def content(self, bucket: str, name: str) -> bytes:
@@ -123,7 +118,11 @@ class FakeStore:
         with self._lock:
             self.buckets.setdefault(bucket, {})
 
-    def segments(self, bucket: str, name: str) -> list[Segment]:
+    def segments(self, bucket: str, obj: RemoteObject) -> list[Segment]:
+        return self.manifest(bucket, obj.name)
+
+    def manifest(self, bucket: str, name: str) -> list[Segment]:
+        """The segments of a stored large object, as a Swift manifest lists them."""
         self._enter("segments", bucket, name)
         manifest = self._stored(bucket, name).manifest
         if manifest is None:
@@ -161,7 +160,7 @@ class FakeStore:
                 stored = self._stored(segment_bucket, segment_name)
                 if (len(stored.data), stored.etag) != (segment.size, segment.md5):
                     raise StoreError(f"cannot write the manifest of {bucket}/{name}: HTTP 400", 400)
-            self.buckets[bucket][name] = Stored(b"", slo_md5(segments), list(segments))
+            self.buckets[bucket][name] = Stored(b"", slo_etag(segments), list(segments))
 
     def delete(self, bucket: str, name: str) -> None:
         self._enter("delete", bucket, name)

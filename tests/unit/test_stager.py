@@ -291,7 +291,7 @@ def test_stage_out_large_file(store: FakeStore, tmp_path: Path) -> None:
     (listed,) = store.listing("out", "run1/")
     assert (record.status, record.bytes, record.md5) == (DONE, 2500, listed.md5)
     assert (listed.slo, listed.size, store.content("out", "run1/big.bin")) == (True, 2500, BIG)
-    manifest = store.segments("out", "run1/big.bin")
+    manifest = store.manifest("out", "run1/big.bin")
     assert [s.size for s in manifest] == [1024, 1024, 452]
     assert [f"out_segments/{n}" for n in segment_names(store)] == [s.path for s in manifest]
     store.calls.clear()
@@ -299,7 +299,7 @@ def test_stage_out_large_file(store: FakeStore, tmp_path: Path) -> None:
     assert store.count("upload") == 0
     big.write_bytes(BIG[::-1] + b"more")  # replaced: the old segments go
     assert stage_out(store, tmp_path, spec)["allas:out/run1/big.bin"].status == DONE
-    manifest = store.segments("out", "run1/big.bin")
+    manifest = store.manifest("out", "run1/big.bin")
     assert [f"out_segments/{n}" for n in segment_names(store)] == [s.path for s in manifest]
     assert [s.size for s in manifest] == [1024, 1024, 456]
     assert store.content("out", "run1/big.bin") == BIG[::-1] + b"more"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from allasrun.errors import Corrupt
-from allasrun.staging.store import RemoteObject, Segment
+from allasrun.staging.store import RemoteObject, Segment, slo_etag
 from allasrun.staging.verify import Verifier, same_content
-from tests.unit.fakestore import md5, slo_md5
+from tests.unit.fakestore import md5
 
 DATA = random.Random(3000).randbytes(3000)  # fixed: test ids must agree across xdist workers
 SIZES = (1000, 1000, 700, 300)  # four segments
@@ -27,7 +27,7 @@ def slo(data: bytes = DATA) -> tuple[RemoteObject, list[Segment]]:
     for index, size in enumerate(SIZES):
         segments.append(Segment(f"b_segments/obj/{index}", size, md5(data[offset : offset + size])))
         offset += size
-    return RemoteObject("obj", offset, slo_md5(segments), slo=True), segments
+    return RemoteObject("obj", offset, slo_etag(segments), slo=True), segments
 
 
 def feed(check: Verifier, data: bytes, chunk: int) -> str:

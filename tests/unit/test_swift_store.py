@@ -1,0 +1,131 @@
+"""SwiftStore against both dialects of the Swift API, spoken by a mocked server.
+
+What the stager relies on: a large object is known as one (real size, its ETag) whether the
+server is OpenStack Swift or Ceph RGW; its segments are found on both; a 401 renews the
+token once and retries with the new one; a server error is a StoreError (exit 69) naming
+the URL. The real servers are exercised by tests/stack against both back ends.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+import requests_mock
+
+from allasrun.auth import Token
+from allasrun.errors import EXIT_UNAVAILABLE, StoreError
+from allasrun.staging.store import EMPTY_MD5, RemoteObject, Segment, slo_etag
+from allasrun.staging.swift import SwiftStore
+
+URL = "http://rgw.example:8080/swift/v1/AUTH_p"
+PARTS = [
+    Segment("b_segments/big/slo/1.0/3/2/00000000", 2, "a" * 32),
+    Segment("b_segments/big/slo/1.0/3/2/00000001", 1, "b" * 32),
+]
+BIG = RemoteObject("big", 3, slo_etag(PARTS), slo=True)
+
+
+class Credentials:
+    """A token holder that counts renewals, as TokenSource would renew after a 401."""
+
+    def __init__(self) -> None:
+        self.token = Token("token-1", 0.0, 9e9, URL, "p", "u")
+        self.renewed: list[str] = []
+
+    def renew(self, stale: Token) -> Token:
+        self.renewed.append(stale.value)
+        self.token = Token(f"token-{len(self.renewed) + 1}", 0.0, 9e9, URL, "p", "u")
+        return self.token
+
+
+@pytest.fixture
+def server() -> Iterator[requests_mock.Mocker]:
+    with requests_mock.Mocker() as mocker:
+        yield mocker
+
+
+def _listing(mocker: requests_mock.Mocker, container: str, rows: list[dict[str, Any]]) -> None:
+    """A container listing, paged as swiftclient pages it: the rows, then nothing after a marker."""
+
+    def answer(request: Any, context: Any) -> str:
+        return "[]" if "marker" in request.qs else json.dumps(rows)
+
+    mocker.get(f"{URL}/{container}", text=answer, headers={"Content-Type": "application/json"})
+
+
+def test_swift_lists_a_large_object_with_its_size_and_etag(server: requests_mock.Mocker) -> None:
+    _listing(server, "b", [{"name": "big", "bytes": 3, "hash": "manifest-hash", "slo_etag": f'"{BIG.md5}"'}])
+    assert SwiftStore(Credentials()).listing("b", "") == [BIG]
+
+
+def test_rgw_lists_a_large_object_by_its_manifest_so_it_is_looked_up(server: requests_mock.Mocker) -> None:
+    _listing(
+        server,
+        "b",
+        [{"name": "big", "bytes": 453, "hash": EMPTY_MD5}, {"name": "empty", "bytes": 0, "hash": EMPTY_MD5}],
+    )
+    server.head(
+        f"{URL}/b/big",
+        headers={"Content-Length": "3", "Etag": f'"{BIG.md5}"', "X-Static-Large-Object": "True"},
+    )
+    assert SwiftStore(Credentials()).listing("b", "") == [BIG, RemoteObject("empty", 0, EMPTY_MD5)]
+    assert [r.method for r in server.request_history].count("HEAD") == 1  # the empty object is not
+
+
+def test_swift_gives_the_manifest(server: requests_mock.Mocker) -> None:
+    manifest = [{"name": f"/{s.path}", "bytes": s.size, "hash": s.md5} for s in PARTS]
+    server.get(f"{URL}/b/big?multipart-manifest=get", text=json.dumps(manifest))
+    assert SwiftStore(Credentials()).segments("b", BIG) == PARTS
+
+
+def _segment_rows(parts: list[Segment]) -> list[dict[str, Any]]:
+    return [{"name": s.path.split("/", 1)[1], "bytes": s.size, "hash": s.md5} for s in parts]
+
+
+def test_rgw_gives_no_manifest_so_the_matching_segments_are_found(server: requests_mock.Mocker) -> None:
+    older = [Segment("b_segments/big/slo/0.5/3/3/00000000", 3, "c" * 32)]  # a replaced upload's
+    server.get(f"{URL}/b/big?multipart-manifest=get", text="")
+    _listing(server, "b_segments", _segment_rows(older + PARTS))
+    assert SwiftStore(Credentials()).segments("b", BIG) == PARTS
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [_segment_rows(PARTS[1:]), _segment_rows([PARTS[0], Segment(PARTS[1].path, 1, "d" * 32)])],
+    ids=["a-gap", "other-content"],
+)
+def test_rgw_segments_that_do_not_make_the_object_are_not_used(
+    server: requests_mock.Mocker, rows: list[dict[str, Any]]
+) -> None:
+    server.get(f"{URL}/b/big?multipart-manifest=get", text="")
+    _listing(server, "b_segments", rows)
+    assert SwiftStore(Credentials()).segments("b", BIG) == []
+
+
+def test_a_401_renews_the_token_once_and_retries_with_the_new_one(server: requests_mock.Mocker) -> None:
+    def answer(request: Any, context: Any) -> str:
+        if request.headers["X-Auth-Token"] in ("token-1", b"token-1"):  # swiftclient sends bytes
+            context.status_code = 401
+            return ""
+        return "[]" if "marker" in request.qs else json.dumps([{"name": "x", "bytes": 1, "hash": "h"}])
+
+    server.get(f"{URL}/b", text=answer, headers={"Content-Type": "application/json"})
+    credentials = Credentials()
+    assert SwiftStore(credentials).listing("b", "") == [RemoteObject("x", 1, "h")]
+    assert credentials.renewed == ["token-1"]
+
+
+@pytest.mark.parametrize("failure", ["503", "refused"])
+def test_a_failing_server_is_a_store_error_naming_the_url(server: requests_mock.Mocker, failure: str) -> None:
+    if failure == "503":
+        server.get(f"{URL}/b", status_code=503, text="NoSuchKey")
+    else:
+        server.get(f"{URL}/b", exc=requests.exceptions.ConnectionError("Connection refused"))
+    with pytest.raises(StoreError) as raised:
+        SwiftStore(Credentials(), retries=0).listing("b", "")
+    assert raised.value.exit_code == EXIT_UNAVAILABLE
+    assert f"{URL}/b" in str(raised.value)
