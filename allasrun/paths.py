@@ -31,6 +31,14 @@ def cache_dir(env: Mapping[str, str]) -> Path:
     return Path(base) / "allasrun" / "tokens"
 
 
+def shared_dir(env: Mapping[str, str]) -> Path:
+    """Where the nodes of one multi-node step meet: under the home's cache, which every node sees."""
+    if env.get("ALLASRUN_SHARED_DIR"):
+        return Path(env["ALLASRUN_SHARED_DIR"])
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "allasrun" / "steps"
+
+
 def runtime_dir(env: Mapping[str, str]) -> Path:
     """A private base for per-run files: $XDG_RUNTIME_DIR if set, else one under $TMPDIR."""
     if env.get("ALLASRUN_RUNTIME_DIR"):

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.stack.stackutil import ALLASRUN, Stack, read_env_file
+from tests.stack.stackutil import ALLASRUN, Stack, read_env_file, reference_remote
 
 THREADS = 8
 
@@ -38,12 +38,7 @@ class Tools:
         self.stack = stack
         self.work = work
         self.rclone_conf = work / "rclone.conf"
-        self.rclone_conf.write_text(
-            "[ref]\ntype = swift\nenv_auth = false\nauth_version = 3\n"
-            f"auth = {stack.env['OS_AUTH_URL']}\n"
-            f"application_credential_id = {stack.env['MINI_ALLAS_APP_CRED_ID']}\n"
-            f"application_credential_secret = {stack.env['MINI_ALLAS_APP_CRED_SECRET']}\n"
-        )
+        self.rclone_conf.write_text(reference_remote(stack))
         self.env = {
             "PATH": os.environ["PATH"],
             "HOME": str(work),
@@ -52,6 +47,7 @@ class Tools:
             "OS_APPLICATION_CREDENTIAL_ID": stack.env["MINI_ALLAS_APP_CRED_ID"],
             "OS_APPLICATION_CREDENTIAL_SECRET": stack.env["MINI_ALLAS_APP_CRED_SECRET"],
             "OS_IDENTITY_API_VERSION": "3",
+            "OS_REGION_NAME": stack.env["OS_REGION_NAME"],
             "ALLASRUN_CACHE_DIR": str(work / "no-cache"),
         }
 

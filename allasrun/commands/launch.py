@@ -9,7 +9,7 @@ revoke, clean up, and exit with the command's status or the staging outcome's.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +18,7 @@ from allasrun.auth import Schedule, TokenSource
 from allasrun.job import (
     ClientFiles,
     Keeper,
+    NodeSync,
     Placement,
     Supervisor,
     child_environment,
@@ -27,6 +28,7 @@ from allasrun.job import (
     step,
 )
 from allasrun.log import log
+from allasrun.slurm.facts import node_name
 from allasrun.staging import StagePlan, StagingRun
 
 
@@ -53,10 +55,12 @@ def run(options: LaunchOptions, env: Mapping[str, str]) -> int:
     where = step.place(env, stages=bool(options.plan))
     if not where.leads:
         return _on_shared_files(where, executable, options.command, env)
-    with step.leading(where) as directory, _authenticate(options, env) as source:
+    mine = options.plan if where.stages_shared else options.plan.part(node_local=True)
+    sync = _node_sync(where, options.plan, env)
+    with step.leading(where) as directory, sync as nodes, _authenticate(options, env) as source:
         if options.job_credential:  # a password is traded for a credential the run revokes
             source.use_run_credential(options.job_credential_hours)
-        return _lead(options, env, executable, where, directory, source)
+        return _lead(replace(options, plan=mine), env, executable, where, nodes, directory, source)
 
 
 def _authenticate(options: LaunchOptions, env: Mapping[str, str]) -> TokenSource:
@@ -81,30 +85,33 @@ def _lead(
     env: Mapping[str, str],
     executable: str,
     where: Placement,
+    nodes: NodeSync,
     directory: Path,
     source: TokenSource,
 ) -> int:
     """Write the files, fork, keep, stage in, exec, wait, stage out, report."""
     user_config = paths.user_rclone_config(env) if options.update_user_config else None
-    files = ClientFiles(directory, options.remote, source.identity.target, source.app_credential, user_config)
+    target, credential = source.identity.target, source.app_credential
+    files = ClientFiles(directory, options.remote, target, credential, user_config, node_name(env))
     files.write(source.token)
     source.on_renew(files.write)
     child = Supervisor()
     pid = child.prepare(executable, options.command)
     staging = StagingRun(options.plan, source, options.workdir)
     with Keeper(source):
-        staged_in = staging.stage_in(child.pending_stop)
-        step.announce(where, staged_in.exit_status)
-        if staged_in.exit_status is not None:
+        stop = nodes.stage_in_done(staging.stage_in(child.pending_stop).exit_status)
+        step.announce(where, stop)
+        if stop is not None:
             child.abandon()
-            return staging.finish(staged_in.exit_status, None)
+            return staging.finish(stop, None)
         child.start(child_environment(env, files.environment(source.token), options.keep_password))
         log.info("started %s (pid %d); rclone remote '%s:' in %s", executable, pid, options.remote, directory)
         timer = _deadline(options.plan, env, child)
         status = child.wait(timer, timer.on_signal if timer else None)
         log.info("%s exited with status %d after %d renewal(s)", options.command[0], status, source.renewals)
         step.await_followers(where)  # the node's other tasks still use these files
-        final = staging.stage_out(status).exit_status if where.stages_out else status
+        nodes.commands_done()  # and shared results come from every node
+        final = staging.stage_out(status).exit_status
         return staging.finish(status if final is None else final, status)
 
 
@@ -116,6 +123,14 @@ def _deadline(plan: StagePlan, env: Mapping[str, str], child: Supervisor) -> Opt
     return deadline.for_job(
         env, child.send, settings.stage_out_lead, settings.grace, settings.deadline_signal
     )
+
+
+def _node_sync(where: Placement, plan: StagePlan, env: Mapping[str, str]) -> NodeSync:
+    """What keeps the nodes of a multi-node step in step, if it has shared directives."""
+    role = where.role
+    if role is None or role.nodes == 1 or not plan.part(node_local=False):
+        return NodeSync(None, role)
+    return NodeSync(role.directory(paths.shared_dir(env)), role)
 
 
 def _on_shared_files(
@@ -150,6 +165,7 @@ def _run_with(
         "RCLONE_CONFIG": rclone_config,
         "ALLASRUN_ENV_FILE": str(directory / "env"),
         "ALLASRUN_DIR": str(directory),
+        "ALLASRUN_NODE": node_name(env),
     }
     child = Supervisor()
     child.prepare(executable, command)

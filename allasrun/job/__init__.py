@@ -9,12 +9,14 @@ Front door for commands; nothing here imports staging, and auth only for its typ
 from allasrun.job import deadline, step
 from allasrun.job.clientfiles import ClientFiles, child_environment, read_env
 from allasrun.job.keeper import Keeper
+from allasrun.job.nodes import NodeSync
 from allasrun.job.step import Placement
 from allasrun.job.supervisor import Supervisor, resolve
 
 __all__ = [
     "ClientFiles",
     "Keeper",
+    "NodeSync",
     "Placement",
     "Supervisor",
     "child_environment",

@@ -123,6 +123,7 @@ class ClientFiles:
     target: Target
     credential: Optional[AppCredential]
     user_config: Optional[Path] = None
+    node: str = ""
 
     @property
     def rclone_config(self) -> Path:
@@ -149,6 +150,7 @@ class ClientFiles:
             "RCLONE_CONFIG": str(rclone_config),
             "ALLASRUN_ENV_FILE": str(self.env_path),
             "ALLASRUN_DIR": str(self.directory),
+            "ALLASRUN_NODE": self.node,  # a nested allasrun reuses these files only on this node
             "OS_AUTH_TOKEN": token.value,
             "OS_STORAGE_URL": token.storage_url,
         }

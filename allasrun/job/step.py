@@ -1,10 +1,11 @@
-"""Tasks of one srun step sharing one keeper: `srun -n N allasrun -- cmd`.
+"""Tasks of one srun step sharing one keeper per node: `srun -N M -n N allasrun -- cmd`.
 
 On each node the task with SLURM_LOCALID 0 leads: it authenticates, writes the client files
 into a directory the node's tasks share, stages in, and says `ready` (or the exit status that
 stops everyone). The other tasks wait for that, run their command with the leader's files,
-and report `done`. The leader keeps renewing until its node's tasks are done; stage-out runs
-once per job, on the leader of SLURM_PROCID 0. Keystone sees one login per node.
+and report `done`. The leader keeps renewing until its node's tasks are done. Node-local
+directives are staged by every node's leader; shared ones once per job, by the leader with
+SLURM_PROCID 0 (`nodes.py` keeps the nodes in step). Keystone sees one login per node.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Optional
 from allasrun import paths
 from allasrun.atomicfile import write_atomic
 from allasrun.errors import EXIT_STAGE_IN, AllasrunError
+from allasrun.slurm import facts
 
 POLL = 0.2  # seconds between looks at the shared directory; tasks wait here only at start/end
 _REPEAT = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
@@ -36,6 +38,8 @@ class Step:
     local_id: int
     proc_id: int
     node_tasks: int
+    node_id: int = 0
+    nodes: int = 1
 
     @property
     def leads(self) -> bool:
@@ -43,8 +47,8 @@ class Step:
         return self.local_id == 0
 
     @property
-    def stages_out(self) -> bool:
-        """Whether this task uploads the results (once per job)."""
+    def stages_shared(self) -> bool:
+        """Whether this task stages the directives that are not node-local (once per job)."""
         return self.proc_id == 0
 
     def directory(self, base: Path) -> Path:
@@ -71,18 +75,21 @@ class Placement:
         return not self.enclosed and (self.role is None or self.role.leads)
 
     @property
-    def stages_out(self) -> bool:
-        """Whether this process uploads the job's results."""
-        return self.role is None or self.role.stages_out
+    def stages_shared(self) -> bool:
+        """Whether this process stages the directives that are not node-local."""
+        return self.role is None or self.role.stages_shared
 
 
 def place(env: Mapping[str, str], stages: bool) -> Placement:
     """Find where this allasrun stands from its environment.
 
-    An allasrun that has staging of its own to do never hides under an enclosing one.
+    An allasrun that has staging of its own to do never hides under an enclosing one, and
+    one on another node (a multi-node step inside a batch step under allasrun) cannot: its
+    files are on that node.
     """
     outer = env.get("ALLASRUN_DIR")
-    if outer and not stages and (Path(outer) / "env").is_file():
+    here = env.get("ALLASRUN_NODE") == facts.node_name(env)
+    if outer and here and not stages and (Path(outer) / "env").is_file():
         return Placement(Path(outer), enclosed=True)
     role = from_env(env)
     base = paths.runtime_dir(env)
@@ -107,19 +114,21 @@ def leading(where: Placement) -> Iterator[Path]:
 
 
 def from_env(env: Mapping[str, str]) -> Optional[Step]:
-    """The step role, or None outside a step of more than one task on this node."""
+    """The step role, or None outside a step of more than one task or more than one node."""
     try:
-        tasks = tasks_on_node(env["SLURM_STEP_TASKS_PER_NODE"], int(env["SLURM_NODEID"]))
+        node = int(env["SLURM_NODEID"])
         role = Step(
             env["SLURM_JOB_ID"],
             env["SLURM_STEP_ID"],
             int(env["SLURM_LOCALID"]),
             int(env["SLURM_PROCID"]),
-            tasks,
+            tasks_on_node(env["SLURM_STEP_TASKS_PER_NODE"], node),
+            node,
+            int(env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES") or 1),
         )
     except (KeyError, ValueError, IndexError):
         return None
-    return role if role.node_tasks > 1 else None
+    return role if role.node_tasks > 1 or role.nodes > 1 else None
 
 
 def tasks_on_node(layout: str, node: int) -> int:

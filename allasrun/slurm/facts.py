@@ -6,12 +6,18 @@ scontrol on PATH, an old Slurm): callers treat None as "no Slurm help here".
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Optional
 
 TIMEOUT = 30
+
+
+def node_name(env: Mapping[str, str]) -> str:
+    """The name of the node we run on: Slurm's (SLURMD_NODENAME), else the host's."""
+    return env.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def job_id(env: Mapping[str, str]) -> Optional[str]:

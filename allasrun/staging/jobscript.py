@@ -32,16 +32,19 @@ def load_plan(path: Path, env: Mapping[str, str], strict: bool = True) -> StageP
 def discover_plan(env: Mapping[str, str]) -> StagePlan:
     """The plan of the Slurm job's own batch script, so `allasrun -- CMD` needs no `--script`.
 
-    Not in a job, or under an enclosing allasrun (which does the staging): no plan.
+    Not in a job: no plan. Under an allasrun around the batch step, which stages the shared
+    directives and its own node's: nothing on that node, the node-local part on the others.
     """
     job = facts.job_id(env)
-    if job is None or env.get("ALLASRUN_DIR"):
+    outer = env.get("ALLASRUN_DIR")
+    if job is None or (outer and env.get("ALLASRUN_NODE") == facts.node_name(env)):
         return StagePlan()
     text = facts.batch_script(env)
     if text is None:
         log.debug("job %s: no batch script from scontrol; no #ALLAS staging", job)
         return StagePlan()
-    return plan_of(text, f"job {job} batch script", env, strict=True)
+    plan = plan_of(text, f"job {job} batch script", env, strict=True)
+    return plan.part(node_local=True) if outer else plan
 
 
 def plan_of(text: str, label: str, env: Mapping[str, str], strict: bool) -> StagePlan:

@@ -6,6 +6,7 @@ I/O, so every error carries `file:line:` and appears before anything is transfer
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 from collections.abc import Mapping, Sequence
@@ -58,6 +59,7 @@ class StageIn:
     bucket: str
     key: str
     destination: str
+    node_local: bool = False  # into node-local scratch: staged on every node of the job
 
     @property
     def is_glob(self) -> bool:
@@ -87,6 +89,7 @@ class StageOut:
     key: str
     when: str = "always"
     overwrite: bool = True
+    node_local: bool = False  # from node-local scratch: staged out from every node of the job
 
     def due(self, status: int) -> bool:
         """Whether this stage-out runs after the command exited with `status`."""
@@ -103,6 +106,14 @@ class StagePlan:
 
     def __bool__(self) -> bool:
         return bool(self.stage_in or self.stage_out)
+
+    def part(self, node_local: bool) -> StagePlan:
+        """Only the node-local directives, or only the shared ones (with the same settings)."""
+        return replace(
+            self,
+            stage_in=tuple(s for s in self.stage_in if s.node_local == node_local),
+            stage_out=tuple(s for s in self.stage_out if s.node_local == node_local),
+        )
 
     def overridden(
         self, threads: Optional[int], segment_size: Optional[int], report: Optional[str]
@@ -134,7 +145,9 @@ def build(
         words = [facts.expand(directive, word) for word in directive.args]
         if directive.verb == "stage-in":
             bucket, key = _remote(directive, words[0], strict_name=False)
-            stage_in.append(StageIn(directive.where, bucket, key, words[1] if len(words) > 1 else "./"))
+            destination = words[1] if len(words) > 1 else "./"
+            local = _node_local(directive, destination, env)
+            stage_in.append(StageIn(directive.where, bucket, key, destination, local))
         elif directive.verb == "stage-out":
             bucket, key = _remote(directive, words[1], strict_name=True)
             stage_out.append(
@@ -145,6 +158,7 @@ def build(
                     key,
                     directive.options.get("when", "always"),
                     "no-overwrite" not in directive.options,
+                    _node_local(directive, words[0], env),
                 )
             )
         else:
@@ -159,6 +173,19 @@ def parse_size(text: str) -> int:
         raise ValueError(f"not a size: {text!r} (examples: 5G, 64MiB, 1048576)")
     power: int = "_KMGT".index(match.group(2).upper() or "_")
     return int(match.group(1)) * int(1024**power)
+
+
+def _node_local(directive: Directive, path: str, env: Mapping[str, str]) -> bool:
+    """Whether a local path is on this node only: `--node-local`, or under $TMPDIR or $LOCAL_SCRATCH.
+
+    Those are node-local disks on CSC's clusters (Roihu's NVMe is `$TMPDIR`); anything else
+    (the job's directory, `/scratch`, `/projappl`, home) is taken to be shared by all nodes.
+    """
+    if "node-local" in directive.options:
+        return True
+    normal = os.path.normpath(path)
+    roots = (os.path.normpath(env[name]) for name in ("TMPDIR", "LOCAL_SCRATCH") if env.get(name))
+    return any(normal == root or normal.startswith(root.rstrip("/") + "/") for root in roots)
 
 
 def _remote(directive: Directive, text: str, strict_name: bool) -> tuple[str, str]:
@@ -220,7 +247,7 @@ def _positive(number: int) -> int:
 
 
 class _SlurmFacts:
-    """Expands %j %A %a %u %x %% and $VAR / ${VAR} / $$ in one word."""
+    """Expands %j %A %a %u %x %N %% and $VAR / ${VAR} / $$ in one word."""
 
     def __init__(self, env: Mapping[str, str], login_name: str, strict: bool) -> None:
         self.env = env
@@ -232,6 +259,7 @@ class _SlurmFacts:
             "a": env.get("SLURM_ARRAY_TASK_ID"),
             "u": env.get("SLURM_JOB_USER") or env.get("USER") or login_name,
             "x": env.get("SLURM_JOB_NAME"),
+            "N": env.get("SLURMD_NODENAME"),
             "%": "%",
         }
 
@@ -251,7 +279,7 @@ class _SlurmFacts:
 
     def _placeholder(self, directive: Directive, letter: str) -> str:
         if letter not in self.values:
-            raise directive.fail(f"unknown substitution %{letter} (known: %j %A %a %u %x %%)")
+            raise directive.fail(f"unknown substitution %{letter} (known: %j %A %a %u %x %N %%)")
         value = self.values[letter]
         if value is not None:
             return value

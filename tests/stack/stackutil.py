@@ -19,6 +19,9 @@ from keystoneauth1.identity import v3
 
 ROOT = Path(__file__).resolve().parents[2]
 ALLASRUN = [sys.executable, "-m", "allasrun"]
+# Keystone on a closed port: a test that must make no Keystone call gets exit 69 if it does,
+# which (unlike counting Keystone's log) holds while other tests run beside it.
+DEAD_KEYSTONE = "http://127.0.0.1:9/v3"
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,11 @@ class Stack:
     """What the running stack told us, and a few things tests ask it directly."""
 
     env: Mapping[str, str]
+
+    @property
+    def backend(self) -> str:
+        """`swift` (OpenStack Swift) or `rgw` (Ceph RADOS Gateway, what Allas runs)."""
+        return self.env.get("MINI_ALLAS_BACKEND", "swift")
 
     @property
     def ttl(self) -> int:
@@ -148,15 +156,21 @@ def make_bucket(stack: Stack, name: str) -> None:
     assert response.status_code in (201, 202), response.text
 
 
-def rclone(stack: Stack, workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Debian's rclone with its own config (the stack's application credential), not allasrun's."""
-    conf = workdir / "test-rclone.conf"
-    conf.write_text(
+def reference_remote(stack: Stack) -> str:
+    """An rclone remote `ref:` with the stack's application credential: rclone as users set it up."""
+    return (
         "[ref]\ntype = swift\nenv_auth = false\nauth_version = 3\n"
         f"auth = {stack.env['OS_AUTH_URL']}\n"
         f"application_credential_id = {stack.env['MINI_ALLAS_APP_CRED_ID']}\n"
         f"application_credential_secret = {stack.env['MINI_ALLAS_APP_CRED_SECRET']}\n"
+        f"region = {stack.env['OS_REGION_NAME']}\n"  # the catalog has Swift and RGW, in two regions
     )
+
+
+def rclone(stack: Stack, workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Debian's rclone with its own config (the stack's application credential), not allasrun's."""
+    conf = workdir / "test-rclone.conf"
+    conf.write_text(reference_remote(stack))
     return subprocess.run(
         ["rclone", "--config", str(conf), *args], capture_output=True, text=True, check=True, timeout=600
     )

@@ -130,3 +130,28 @@ def test_sizes() -> None:
     assert parse_size("1048576") == 1048576
     with pytest.raises(ValueError, match="not a size"):
         parse_size("5 parsecs")
+
+
+def test_node_local_is_under_tmpdir_or_local_scratch_or_said() -> None:
+    env = {"TMPDIR": "/local/job7", "LOCAL_SCRATCH": "/nvme/job7/", "SLURMD_NODENAME": "c1101"}
+    plan = plan_of(
+        "#ALLAS stage-in b/in/ $TMPDIR/in/\n"
+        "#ALLAS stage-in b/ref/ /nvme/job7/ref/\n"
+        "#ALLAS stage-in b/x /local/job70/x\n"  # a sibling of $TMPDIR, not under it
+        "#ALLAS stage-in b/y ./y --node-local\n"
+        "#ALLAS stage-out $TMPDIR/out/ bkt/out/%N/\n"
+        "#ALLAS stage-out results/ bkt/results/\n",
+        env,
+    )
+    assert [s.node_local for s in plan.stage_in] == [True, True, False, True]
+    assert [(s.node_local, s.key) for s in plan.stage_out] == [(True, "out/c1101/"), (False, "results/")]
+    local, shared = plan.part(node_local=True), plan.part(node_local=False)
+    assert [s.destination for s in local.stage_in] == ["/local/job7/in/", "/nvme/job7/ref/", "./y"]
+    assert [s.source for s in shared.stage_out] == ["results/"]
+    assert local.settings == shared.settings == plan.settings
+
+
+def test_node_name_placeholder_needs_slurm() -> None:
+    with pytest.raises(DirectiveError, match="%N cannot be substituted: not inside a Slurm job"):
+        plan_of("#ALLAS stage-out out/ bkt/%N/\n", {})
+    assert plan_of("#ALLAS stage-out out/ bkt/%N/\n", {}, strict=False).stage_out[0].key == "%N/"
