@@ -48,8 +48,8 @@ def look_up(
 ) -> LookUp:
     """List the plan's inputs and look up its buckets.
 
-    `resolved_only` skips directives that still hold a Slurm placeholder (`%j` before the
-    job exists), which cannot be looked up yet.
+    `resolved_only` skips directives that still hold a Slurm placeholder or a variable only
+    the job will have (`%j`, `$TMPDIR` before the job exists), which cannot be looked up yet.
     """
     stager = StagingRun(plan, credentials, Path.cwd(), store).stager
     inputs = []
@@ -65,4 +65,4 @@ def look_up(
 
 
 def _unresolved(text: str) -> bool:
-    return "%" in text
+    return "%" in text or "$" in text

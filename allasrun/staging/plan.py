@@ -132,10 +132,11 @@ class StagePlan:
 def build(
     directives: Sequence[Directive], env: Mapping[str, str], login_name: str, strict: bool = True
 ) -> StagePlan:
-    """Resolve substitutions and names; `strict=False` keeps unknown Slurm placeholders.
+    """Resolve substitutions and names; `strict=False` keeps what cannot be known yet.
 
-    `allasrun check` and `allasrun sbatch` run before the job exists: %j is not known yet
-    there, but $VARIABLES and everything else are.
+    `allasrun check` and `allasrun sbatch` run before the job exists: %j is not known there,
+    nor variables only a job has ($TMPDIR on a compute node, $LOCAL_SCRATCH); they stay as
+    written and the look-ups skip them. Everything else is checked as in the job.
     """
     facts = _SlurmFacts(env, login_name, strict)
     stage_in: list[StageIn] = []
@@ -271,9 +272,11 @@ class _SlurmFacts:
             if dollar == "$":
                 return "$"
             variable = braced or plain
-            if variable not in self.env:
-                raise directive.fail(f"${variable} is not set in the job's environment")
-            return self.env[variable]
+            if variable in self.env:
+                return self.env[variable]
+            if not self.strict:  # before the job: $TMPDIR, $LOCAL_SCRATCH are set only in it
+                return match.group(0)
+            raise directive.fail(f"${variable} is not set in the job's environment")
 
         return _PLACEHOLDER.sub(one, word)
 

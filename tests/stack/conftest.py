@@ -19,13 +19,15 @@ from tests.stack.stackutil import ROOT, Slurm, Stack, read_env_file
 
 
 @contextlib.contextmanager
-def _service(factory: pytest.TempPathFactory, script: str, variable: str) -> Iterator[dict[str, str]]:
+def _service(
+    factory: pytest.TempPathFactory, script: str, variable: str, *options: str
+) -> Iterator[dict[str, str]]:
     given = os.environ.get(variable)
     if given:
         yield read_env_file(Path(given))
         return
     state = factory.mktemp(script)
-    subprocess.run(["bash", str(ROOT / "stack" / script), "start", str(state)], check=True)
+    subprocess.run(["bash", str(ROOT / "stack" / script), "start", *options, str(state)], check=True)
     try:
         yield read_env_file(state / "env")
     finally:
@@ -41,6 +43,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
     with _service(tmp_path_factory, "mini-slurm", "MINI_SLURM_ENV") as env:
+        yield Slurm(env)
+
+
+@pytest.fixture(scope="session")
+def slurm2(tmp_path_factory: pytest.TempPathFactory, stack: Stack) -> Iterator[Slurm]:
+    """Two slurmd nodes in their own network namespaces, each with its own $TMPDIR (root only)."""
+    if os.geteuid() != 0 and not os.environ.get("MINI_SLURM2_ENV"):
+        pytest.skip("a two-node Slurm needs network namespaces, which need root")
+    forward = ("--forward", os.environ.get("MINI_ALLAS_ENV", ""))
+    with _service(tmp_path_factory, "mini-slurm", "MINI_SLURM2_ENV", "--nodes", "2", *forward) as env:
         yield Slurm(env)
 
 

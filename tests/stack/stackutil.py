@@ -167,6 +167,11 @@ def reference_remote(stack: Stack) -> str:
     )
 
 
+def uploaded(stack: Stack, workdir: Path, bucket: str, name: str) -> str:
+    """An object's content, read with Debian's rclone (not allasrun)."""
+    return rclone(stack, workdir, "cat", f"ref:{bucket}/{name}").stdout
+
+
 def rclone(stack: Stack, workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Debian's rclone with its own config (the stack's application credential), not allasrun's."""
     conf = workdir / "test-rclone.conf"
@@ -245,3 +250,34 @@ class Slurm:
     def _ended(self, job_id: str) -> Optional[dict[str, str]]:
         fields = self.job(job_id)
         return fields if fields.get("JobState") in FINISHED else None
+
+
+class Job:
+    """One job script submitted with plain sbatch from its own directory, and what it left."""
+
+    def __init__(
+        self,
+        stack: Stack,
+        slurm: Slurm,
+        directory: Path,
+        text: str,
+        env: dict[str, str],
+        bucket: str = "slurm-data",
+    ) -> None:
+        make_bucket(stack, bucket)
+        script = directory / "job.sh"
+        script.write_text(text)
+        self.stack, self.slurm, self.directory, self.bucket = stack, slurm, directory, bucket
+        self.id = slurm.submit(script, env)
+
+    def finish(self, timeout: float = 180) -> tuple[dict[str, str], str]:
+        """Wait for the end; Slurm's fields and the job's output."""
+        fields = self.slurm.wait(self.id, timeout=timeout)
+        return fields, (self.directory / f"slurm-{self.id}.out").read_text()
+
+    def scancel(self, *options: str) -> None:
+        wait_for((self.directory / "started").exists, timeout=60, what="the job to start")
+        subprocess.run(["scancel", *options, self.id], env={**os.environ, **self.slurm.env}, check=True)
+
+    def uploaded(self, name: str) -> str:
+        return uploaded(self.stack, self.directory, self.bucket, name)

@@ -11,6 +11,7 @@ import pytest
 
 from allasrun import errors
 from tests.stack.stackutil import (
+    Job,
     Slurm,
     Stack,
     allasrun,
@@ -20,32 +21,7 @@ from tests.stack.stackutil import (
     rclone,
     secrets_of,
     user_env,
-    wait_for,
 )
-
-
-class Job:
-    """One job script submitted with plain sbatch from its own directory, and what it left."""
-
-    def __init__(self, stack: Stack, slurm: Slurm, directory: Path, text: str, env: dict[str, str]) -> None:
-        make_bucket(stack, "slurm-data")
-        script = directory / "job.sh"
-        script.write_text(text)
-        self.stack, self.slurm, self.directory = stack, slurm, directory
-        self.id = slurm.submit(script, env)
-
-    def finish(self, timeout: float = 180) -> tuple[dict[str, str], str]:
-        """Wait for the end; Slurm's fields and the job's output."""
-        fields = self.slurm.wait(self.id, timeout=timeout)
-        return fields, (self.directory / f"slurm-{self.id}.out").read_text()
-
-    def scancel(self, *options: str) -> None:
-        wait_for((self.directory / "started").exists, timeout=60, what="the job to start")
-        subprocess.run(["scancel", *options, self.id], env={**os.environ, **self.slurm.env}, check=True)
-
-    def uploaded(self, name: str) -> str:
-        return rclone(self.stack, self.directory, "cat", f"ref:slurm-data/{name}").stdout
-
 
 JOB = """#!/bin/bash
 #SBATCH --time=5 --job-name=upper

@@ -155,3 +155,10 @@ def test_node_name_placeholder_needs_slurm() -> None:
     with pytest.raises(DirectiveError, match="%N cannot be substituted: not inside a Slurm job"):
         plan_of("#ALLAS stage-out out/ bkt/%N/\n", {})
     assert plan_of("#ALLAS stage-out out/ bkt/%N/\n", {}, strict=False).stage_out[0].key == "%N/"
+
+
+def test_before_the_job_variables_only_the_job_has_stay_as_written() -> None:
+    text = "#ALLAS stage-in bkt/in.txt $TMPDIR/\n"
+    with pytest.raises(DirectiveError, match=r"\$TMPDIR is not set in the job's environment"):
+        plan_of(text, {})
+    assert plan_of(text, {}, strict=False).stage_in[0].destination == "$TMPDIR/"

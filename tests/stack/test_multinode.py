@@ -1,0 +1,135 @@
+"""Jobs on two nodes (two slurmd in their own network namespaces, each with its own $TMPDIR).
+
+Node-local directives (under $TMPDIR) are staged on each node, shared ones once per job; each
+node keeps one token (one Keystone login per node); the deadline stops the command on every
+node in time to upload what it wrote there.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.stack.stackutil import (
+    Job,
+    Slurm,
+    Stack,
+    allasrun,
+    app_credential_env,
+    make_bucket,
+    put_object,
+    uploaded,
+    wait_for,
+)
+
+STEP_JOB = """#!/bin/bash
+#SBATCH -N 2 -n 2 --time=5 --job-name=twonodes
+#ALLAS stage-in  {bucket}/in.txt       $TMPDIR/
+#ALLAS stage-in  {bucket}/shared.txt   ./
+#ALLAS stage-out $TMPDIR/out.txt      {bucket}/out/%j/%N.txt
+#ALLAS stage-out 'result-*.txt'       {bucket}/result/%j/
+# No allasrun around the batch step: the step's tasks share the work between the nodes.
+srun -N 2 -n 2 allasrun -- sh -c '
+  cp "$TMPDIR/in.txt" "$TMPDIR/out.txt" && echo "$SLURMD_NODENAME" >> "$TMPDIR/out.txt"
+  sleep "$SLURM_NODEID"  # the second node ends later: the shared upload must wait for it
+  cat shared.txt > "result-$SLURM_NODEID.txt"'
+"""
+
+
+def _bucket(stack: Stack) -> str:
+    bucket = f"multi-{uuid.uuid4().hex[:10]}"
+    make_bucket(stack, bucket)
+    put_object(stack, bucket, "in.txt", b"node-local input\n")
+    put_object(stack, bucket, "shared.txt", b"shared input\n")
+    return bucket
+
+
+def _node_env(stack: Stack, home: Path) -> dict[str, str]:
+    """A user with an application credential (no per-run credential to mint, so a login is one
+    request) and no shared run directory: each node keeps its own files."""
+    env = app_credential_env(stack, home)
+    del env["ALLASRUN_RUNTIME_DIR"]
+    return env
+
+
+@pytest.mark.exclusive  # counts Keystone logins
+def test_a_two_node_step_stages_per_node_and_once_per_job(
+    stack: Stack, slurm2: Slurm, home: Path, tmp_path: Path
+) -> None:
+    bucket = _bucket(stack)
+    logins = stack.allasrun_logins()
+    job = Job(stack, slurm2, tmp_path, STEP_JOB.format(bucket=bucket), _node_env(stack, home), bucket)
+    fields, output = job.finish()
+    assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), output
+    for node in ("n1", "n2"):
+        assert job.uploaded(f"out/{job.id}/{node}.txt") == f"node-local input\n{node}\n", output
+    for node_id in ("0", "1"):  # both nodes' shared outputs, uploaded once by the first node
+        assert job.uploaded(f"result/{job.id}/result-{node_id}.txt") == "shared input\n", output
+    assert not (tmp_path / "in.txt").exists()  # the node-local input went to each $TMPDIR only
+    assert output.count("stage-in: 2 file(s)") == 1  # the first node: its $TMPDIR and the shared one
+    assert output.count("stage-in: 1 file(s)") == 1  # the second: its own $TMPDIR
+    # One keeper per node, and not even one login each: the second node's leader found the
+    # first one's token in the token cache of the shared home (under its lock).
+    assert output.count("authenticated ") == 2, output
+    assert stack.allasrun_logins() - logins == 1, output
+
+
+DEADLINE_JOB = """#!/bin/bash
+#SBATCH -N 2 -n 2 --time=1 --job-name=twodeadline
+#ALLAS stage-out $TMPDIR/progress.txt {bucket}/deadline/%j/%N.txt
+#ALLAS option stage-out-lead=40 grace=5
+srun -N 2 -n 2 allasrun -- sh -c '
+  echo "$SLURMD_NODENAME started" > "$TMPDIR/progress.txt"; touch "started-$SLURM_NODEID"
+  exec sleep 3600'
+"""
+
+
+def test_the_deadline_stops_the_command_on_both_nodes_and_each_uploads(
+    stack: Stack, slurm2: Slurm, home: Path, tmp_path: Path
+) -> None:
+    bucket = _bucket(stack)
+    job = Job(stack, slurm2, tmp_path, DEADLINE_JOB.format(bucket=bucket), _node_env(stack, home), bucket)
+    wait_for((tmp_path / "started-1").exists, timeout=60, what="both nodes to start")
+    fields, output = job.finish(timeout=150)
+    for node in ("n1", "n2"):
+        assert job.uploaded(f"deadline/{job.id}/{node}.txt") == f"{node} started\n", output
+    assert output.count("to stage out its results") == 2, output  # each node's deadline fired
+    assert fields["JobState"] in ("COMPLETED", "FAILED"), output  # ended before the time limit
+
+
+SBATCH_JOB = """#!/bin/bash
+#SBATCH -N 2 -n 2 --time=5 --job-name=twobatch
+#ALLAS stage-in  {bucket}/in.txt       $TMPDIR/
+#ALLAS stage-in  {bucket}/shared.txt   ./
+#ALLAS stage-out $TMPDIR/out.txt      {bucket}/batch/%j/%N.txt
+#ALLAS stage-out result.txt           {bucket}/batch/%j/
+# The batch step runs under allasrun (allasrun sbatch): it stages the shared directives and its
+# node's; on the second node, the step's allasrun stages that node's.
+work='cp "$TMPDIR/in.txt" "$TMPDIR/out.txt" && echo "$SLURMD_NODENAME" >> "$TMPDIR/out.txt"'
+srun -N 2 -n 2 allasrun -- sh -c "$work"
+cat shared.txt > result.txt
+"""
+
+
+def test_allasrun_sbatch_on_two_nodes_stages_each_nodes_scratch(
+    stack: Stack, slurm2: Slurm, home: Path, tmp_path: Path
+) -> None:
+    bucket = _bucket(stack)
+    script = tmp_path / "job.sh"
+    script.write_text(SBATCH_JOB.format(bucket=bucket))
+    env = {**_node_env(stack, home), **slurm2.env}
+    submitted = allasrun(
+        ["sbatch", "--parsable", f"--output={tmp_path}/out.txt", str(script)], env, cwd=tmp_path
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    fields = slurm2.wait(job_id)
+    output = (tmp_path / "out.txt").read_text()
+    assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), output
+    for node in ("n1", "n2"):
+        landed = uploaded(stack, tmp_path, bucket, f"batch/{job_id}/{node}.txt")
+        assert landed == f"node-local input\n{node}\n", output
+    assert uploaded(stack, tmp_path, bucket, f"batch/{job_id}/result.txt") == "shared input\n", output
+    assert "reusing the token and files of the enclosing allasrun" in output  # on the first node
