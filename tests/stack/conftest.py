@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack.stackutil import ROOT, Slurm, Stack, read_env_file
+from tests.stack.stackutil import ROOT, OrdinaryUser, Slurm, Stack, read_env_file
 
 
 @contextlib.contextmanager
@@ -54,6 +54,15 @@ def slurm2(tmp_path_factory: pytest.TempPathFactory, stack: Stack) -> Iterator[S
     forward = ("--forward", os.environ.get("MINI_ALLAS_ENV", ""))
     with _service(tmp_path_factory, "mini-slurm", "MINI_SLURM2_ENV", "--nodes", "2", *forward) as env:
         yield Slurm(env)
+
+
+@pytest.fixture(scope="session")
+def ordinary_user() -> OrdinaryUser:
+    """The user stack/with-stack made (MINI_USER), with allasrun in a venv it can run."""
+    name, python = os.environ.get("MINI_USER"), os.environ.get("MINI_USER_PYTHON")
+    if not name or not python:
+        pytest.skip("no ordinary user to run jobs as (stack/with-stack --slurm makes one as root)")
+    return OrdinaryUser(name, python)
 
 
 @pytest.fixture

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shlex
+import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,12 +119,52 @@ def app_credential_env(stack: Stack, home: Path) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class OrdinaryUser:
+    """Not root: who runs jobs on the clusters. allasrun is installed where it can run it."""
+
+    name: str
+    python: str
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """`argv` run as this user (the environment passed along as it is)."""
+        runuser = shutil.which("runuser") or "/usr/sbin/runuser"  # not on an ordinary user's PATH
+        return [runuser, "-u", self.name, "--", *argv]
+
+    def workdir(self) -> Path:
+        """A fresh directory of this user's, under its home, for one test."""
+        home = Path(pwd.getpwnam(self.name).pw_dir)
+        path = home / "tests" / uuid.uuid4().hex[:12]
+        subprocess.run(self.command(["mkdir", "-p", str(path)]), check=True)
+        return path
+
+    def env(self, stack: Stack, workdir: Path) -> dict[str, str]:
+        """The stack's application credential, this user's allasrun first on PATH, and caches
+        and configuration of this test's own (a user's home is shared between the tests)."""
+        env = {
+            "PATH": f"{Path(self.python).parent}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(Path(pwd.getpwnam(self.name).pw_dir)),
+            "LANG": "C.UTF-8",
+            "XDG_CACHE_HOME": str(workdir / ".cache"),
+            "XDG_CONFIG_HOME": str(workdir / ".config"),
+            "OS_APPLICATION_CREDENTIAL_ID": stack.env["MINI_ALLAS_APP_CRED_ID"],
+            "OS_APPLICATION_CREDENTIAL_SECRET": stack.env["MINI_ALLAS_APP_CRED_SECRET"],
+        }
+        env.update({name: stack.env[name] for name in USER_VARIABLES})
+        return env
+
+
 def allasrun(
-    args: Sequence[str], env: Mapping[str, str], timeout: float = 120, **kwargs: Any
+    args: Sequence[str],
+    env: Mapping[str, str],
+    timeout: float = 120,
+    user: Optional[OrdinaryUser] = None,
+    **kwargs: Any,
 ) -> subprocess.CompletedProcess[str]:
-    """Run allasrun as a user would, capturing its output."""
+    """Run allasrun as a user would (root, or `user`), capturing its output."""
+    command = [*ALLASRUN, *args] if user is None else user.command([user.python, "-m", "allasrun", *args])
     return subprocess.run(
-        [*ALLASRUN, *args],
+        command,
         env=dict(env),
         capture_output=True,
         text=True,
@@ -199,17 +242,20 @@ class Slurm:
 
     env: Mapping[str, str]
 
-    def submit(self, script: Path, env: Mapping[str, str], *options: str) -> str:
+    def submit(
+        self, script: Path, env: Mapping[str, str], *options: str, user: Optional[OrdinaryUser] = None
+    ) -> str:
         """sbatch the script from its directory with `env` (exported to the job); the job id."""
+        argv = [
+            "sbatch",
+            "--parsable",
+            f"--chdir={script.parent}",
+            f"--output={script.parent}/slurm-%j.out",
+            *options,
+            str(script),
+        ]
         result = subprocess.run(
-            [
-                "sbatch",
-                "--parsable",
-                f"--chdir={script.parent}",
-                f"--output={script.parent}/slurm-%j.out",
-                *options,
-                str(script),
-            ],
+            argv if user is None else user.command(argv),
             env={**env, **self.env},
             capture_output=True,
             text=True,
@@ -263,12 +309,15 @@ class Job:
         text: str,
         env: dict[str, str],
         bucket: str = "slurm-data",
+        user: Optional[OrdinaryUser] = None,
     ) -> None:
         make_bucket(stack, bucket)
         script = directory / "job.sh"
         script.write_text(text)
+        if user is not None:
+            subprocess.run(["chown", user.name, str(script)], check=True)
         self.stack, self.slurm, self.directory, self.bucket = stack, slurm, directory, bucket
-        self.id = slurm.submit(script, env)
+        self.id = slurm.submit(script, env, user=user)
 
     def finish(self, timeout: float = 180) -> tuple[dict[str, str], str]:
         """Wait for the end; Slurm's fields and the job's output."""

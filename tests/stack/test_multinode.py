@@ -1,4 +1,5 @@
-"""Jobs on two nodes (two slurmd in their own network namespaces, each with its own $TMPDIR).
+"""Jobs on two nodes (two slurmd in their own network namespaces, each with its own $TMPDIR),
+submitted and run by an ordinary user, as on the clusters.
 
 Node-local directives (under $TMPDIR) are staged on each node, shared ones once per job; each
 node keeps one token (one Keystone login per node); the deadline stops the command on every
@@ -8,16 +9,16 @@ node in time to upload what it wrote there.
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from tests.stack.stackutil import (
     Job,
+    OrdinaryUser,
     Slurm,
     Stack,
     allasrun,
-    app_credential_env,
     make_bucket,
     put_object,
     uploaded,
@@ -46,28 +47,36 @@ def _bucket(stack: Stack) -> str:
     return bucket
 
 
-def _node_env(stack: Stack, home: Path) -> dict[str, str]:
-    """A user with an application credential (no per-run credential to mint, so a login is one
-    request) and no shared run directory: each node keeps its own files."""
-    env = app_credential_env(stack, home)
-    del env["ALLASRUN_RUNTIME_DIR"]
-    return env
+@pytest.fixture
+def user_job(stack: Stack, slurm2: Slurm, ordinary_user: OrdinaryUser) -> Callable[[str, str], Job]:
+    """Submit a job script as the ordinary user from a fresh directory of its own.
+
+    The user holds an application credential (no per-run credential to mint, so a login is one
+    request), and no run directory is shared: each node keeps its files in its own $TMPDIR.
+    """
+
+    def submit(text: str, bucket: str) -> Job:
+        workdir = ordinary_user.workdir()
+        env = ordinary_user.env(stack, workdir)
+        return Job(stack, slurm2, workdir, text, env, bucket, user=ordinary_user)
+
+    return submit
 
 
 @pytest.mark.exclusive  # counts Keystone logins
 def test_a_two_node_step_stages_per_node_and_once_per_job(
-    stack: Stack, slurm2: Slurm, home: Path, tmp_path: Path
+    stack: Stack, user_job: Callable[[str, str], Job]
 ) -> None:
     bucket = _bucket(stack)
     logins = stack.allasrun_logins()
-    job = Job(stack, slurm2, tmp_path, STEP_JOB.format(bucket=bucket), _node_env(stack, home), bucket)
+    job = user_job(STEP_JOB.format(bucket=bucket), bucket)
     fields, output = job.finish()
     assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), output
     for node in ("n1", "n2"):
         assert job.uploaded(f"out/{job.id}/{node}.txt") == f"node-local input\n{node}\n", output
     for node_id in ("0", "1"):  # both nodes' shared outputs, uploaded once by the first node
         assert job.uploaded(f"result/{job.id}/result-{node_id}.txt") == "shared input\n", output
-    assert not (tmp_path / "in.txt").exists()  # the node-local input went to each $TMPDIR only
+    assert not (job.directory / "in.txt").exists()  # the node-local input went to each $TMPDIR only
     assert output.count("stage-in: 2 file(s)") == 1  # the first node: its $TMPDIR and the shared one
     assert output.count("stage-in: 1 file(s)") == 1  # the second: its own $TMPDIR
     # One keeper per node, and not even one login each: the second node's leader found the
@@ -87,11 +96,11 @@ srun -N 2 -n 2 allasrun -- sh -c '
 
 
 def test_the_deadline_stops_the_command_on_both_nodes_and_each_uploads(
-    stack: Stack, slurm2: Slurm, home: Path, tmp_path: Path
+    stack: Stack, user_job: Callable[[str, str], Job]
 ) -> None:
     bucket = _bucket(stack)
-    job = Job(stack, slurm2, tmp_path, DEADLINE_JOB.format(bucket=bucket), _node_env(stack, home), bucket)
-    wait_for((tmp_path / "started-1").exists, timeout=60, what="both nodes to start")
+    job = user_job(DEADLINE_JOB.format(bucket=bucket), bucket)
+    wait_for((job.directory / "started-1").exists, timeout=60, what="both nodes to start")
     fields, output = job.finish(timeout=150)
     for node in ("n1", "n2"):
         assert job.uploaded(f"deadline/{job.id}/{node}.txt") == f"{node} started\n", output
@@ -114,22 +123,22 @@ cat shared.txt > result.txt
 
 
 def test_allasrun_sbatch_on_two_nodes_stages_each_nodes_scratch(
-    stack: Stack, slurm2: Slurm, home: Path, tmp_path: Path
+    stack: Stack, slurm2: Slurm, ordinary_user: OrdinaryUser
 ) -> None:
     bucket = _bucket(stack)
-    script = tmp_path / "job.sh"
+    workdir = ordinary_user.workdir()
+    script = workdir / "job.sh"
     script.write_text(SBATCH_JOB.format(bucket=bucket))
-    env = {**_node_env(stack, home), **slurm2.env}
-    submitted = allasrun(
-        ["sbatch", "--parsable", f"--output={tmp_path}/out.txt", str(script)], env, cwd=tmp_path
-    )
+    env = {**ordinary_user.env(stack, workdir), **slurm2.env}
+    argv = ["sbatch", "--parsable", f"--output={workdir}/out.txt", str(script)]
+    submitted = allasrun(argv, env, cwd=workdir, user=ordinary_user)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     fields = slurm2.wait(job_id)
-    output = (tmp_path / "out.txt").read_text()
+    output = (workdir / "out.txt").read_text()
     assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), output
     for node in ("n1", "n2"):
-        landed = uploaded(stack, tmp_path, bucket, f"batch/{job_id}/{node}.txt")
+        landed = uploaded(stack, workdir, bucket, f"batch/{job_id}/{node}.txt")
         assert landed == f"node-local input\n{node}\n", output
-    assert uploaded(stack, tmp_path, bucket, f"batch/{job_id}/result.txt") == "shared input\n", output
+    assert uploaded(stack, workdir, bucket, f"batch/{job_id}/result.txt") == "shared input\n", output
     assert "reusing the token and files of the enclosing allasrun" in output  # on the first node
