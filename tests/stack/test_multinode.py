@@ -26,16 +26,19 @@ from tests.stack.stackutil import (
 )
 
 STEP_JOB = """#!/bin/bash
-#SBATCH -N 2 -n 2 --time=5 --job-name=twonodes
-#ALLAS stage-in  {bucket}/in.txt       $TMPDIR/
+#SBATCH -N 2 -n 4 --time=5 --job-name=twonodes
+#ALLAS stage-in  {bucket}/in.txt       $TMPDIR/%j/
 #ALLAS stage-in  {bucket}/shared.txt   ./
-#ALLAS stage-out $TMPDIR/out.txt      {bucket}/out/%j/%N.txt
-#ALLAS stage-out 'result-*.txt'       {bucket}/result/%j/
-# No allasrun around the batch step: the step's tasks share the work between the nodes.
-srun -N 2 -n 2 allasrun -- sh -c '
-  cp "$TMPDIR/in.txt" "$TMPDIR/out.txt" && echo "$SLURMD_NODENAME" >> "$TMPDIR/out.txt"
+#ALLAS stage-out $TMPDIR/%j/out/       {bucket}/out/%j/%N/
+#ALLAS stage-out 'result-*.txt'        {bucket}/result/%j/
+# No allasrun around the batch step: the step's tasks share the work between the nodes. Two
+# tasks per node: a leader and a follower on each.
+srun -N 2 -n 4 allasrun -- sh -c '
+  mkdir -p "$TMPDIR/$SLURM_JOB_ID/out"
+  out="$TMPDIR/$SLURM_JOB_ID/out/$SLURM_PROCID.txt"
+  cp "$TMPDIR/$SLURM_JOB_ID/in.txt" "$out" && echo "$SLURMD_NODENAME" >> "$out"
   sleep "$SLURM_NODEID"  # the second node ends later: the shared upload must wait for it
-  cat shared.txt > "result-$SLURM_NODEID.txt"'
+  cat shared.txt > "result-$SLURM_PROCID.txt"'
 """
 
 
@@ -72,13 +75,16 @@ def test_a_two_node_step_stages_per_node_and_once_per_job(
     job = user_job(STEP_JOB.format(bucket=bucket), bucket)
     fields, output = job.finish()
     assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), output
-    for node in ("n1", "n2"):
-        assert job.uploaded(f"out/{job.id}/{node}.txt") == f"node-local input\n{node}\n", output
-    for node_id in ("0", "1"):  # both nodes' shared outputs, uploaded once by the first node
-        assert job.uploaded(f"result/{job.id}/result-{node_id}.txt") == "shared input\n", output
+    placed = {"0": "n1", "1": "n1", "2": "n2", "3": "n2"}  # Slurm's block distribution
+    for task, node in placed.items():  # every task's node-local output, from its own node
+        assert job.uploaded(f"out/{job.id}/{node}/{task}.txt") == f"node-local input\n{node}\n", output
+    for task in placed:  # the shared outputs of every node, uploaded once by the first node
+        assert job.uploaded(f"result/{job.id}/result-{task}.txt") == "shared input\n", output
     assert not (job.directory / "in.txt").exists()  # the node-local input went to each $TMPDIR only
     assert output.count("stage-in: 2 file(s)") == 1  # the first node: its $TMPDIR and the shared one
     assert output.count("stage-in: 1 file(s)") == 1  # the second: its own $TMPDIR
+    assert output.count("stage-out: 6 file(s)") == 1  # the first node: its two, and the four shared
+    assert output.count("stage-out: 2 file(s)") == 1  # the second: its own two
     # One keeper per node, and not even one login each: the second node's leader found the
     # first one's token in the token cache of the shared home (under its lock).
     assert output.count("authenticated ") == 2, output
