@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from allasrun.atomicfile import private_dir, write_atomic
+from allasrun import paths
+from allasrun.atomicfile import write_atomic
+from allasrun.errors import UnsafeFile
 from allasrun.job.step import POLL, Step
 
 
@@ -23,7 +25,7 @@ class NodeSync:
     """One node leader's part in a multi-node step; `NodeSync(None, None)` does nothing."""
 
     def __init__(self, directory: Optional[Path], role: Optional[Step]) -> None:
-        self._directory = private_dir(directory) if directory is not None and role is not None else None
+        self._directory = _meeting_place(directory) if directory is not None and role is not None else None
         self._role = role
 
     def stage_in_done(self, status: Optional[int]) -> Optional[int]:
@@ -73,3 +75,14 @@ class NodeSync:
         for path in self._directory.iterdir():
             path.unlink(missing_ok=True)
         self._directory.rmdir()
+
+
+def _meeting_place(directory: Path) -> Path:
+    """The step's shared directory, ours alone; one clear error if it cannot be made."""
+    try:
+        return paths.owned_private_dir(directory)
+    except OSError as error:
+        raise UnsafeFile(
+            f"{directory}: cannot make the step's shared directory ({error.strerror}); "
+            "set ALLASRUN_SHARED_DIR to a directory every node of the job sees"
+        ) from None

@@ -8,7 +8,7 @@ from typing import Optional
 
 import pytest
 
-from allasrun.errors import AuthenticationFailed
+from allasrun.errors import AuthenticationFailed, UnsafeFile
 from allasrun.job.nodes import NodeSync
 from allasrun.job.step import Step
 
@@ -78,3 +78,9 @@ def test_without_a_directory_it_does_nothing(tmp_path: Path) -> None:
         assert sync.stage_in_done(None) is None
         sync.commands_done()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_shared_directory_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory\n")
+    with pytest.raises(UnsafeFile, match="cannot make the step's shared directory"):
+        NodeSync(tmp_path / "file" / "step-7.0", _role(1))
