@@ -14,7 +14,7 @@ import typer
 from allasrun import __version__
 from allasrun import log as logsetup
 from allasrun.auth import Schedule
-from allasrun.errors import AllasrunError, UsageError
+from allasrun.errors import EXIT_LOCAL_FILE, EXIT_SOFTWARE, AllasrunError, LocalFileError, UsageError
 from allasrun.staging.plan import StagePlan
 
 app = typer.Typer(
@@ -235,10 +235,26 @@ def _with_default_command(argv: List[str]) -> List[str]:
 
 
 def main() -> None:
-    """Console entry point: every AllasrunError becomes one line and its exit code."""
+    """Console entry point: every failure becomes one `allasrun: ... error:` line and its exit code.
+
+    AllasrunError carries its own code. An OSError that escaped every lower layer is still the
+    machine's doing (quota, permission, a vanished file), so it is named, not dumped. Anything
+    else is a defect in allasrun: one line that says so, exit 70, the traceback only with -v.
+    """
     try:
         app(args=_with_default_command(sys.argv[1:]), prog_name="allasrun")
     except AllasrunError as error:
+        _fail(error, error.exit_code)
+    except OSError as error:
+        _fail(LocalFileError.of(error, "use"), EXIT_LOCAL_FILE)
+    except Exception as error:  # the last line of defence, by design
+        logsetup.log.debug("traceback of the defect below", exc_info=True)
+        defect = f"{type(error).__name__}: {error}"
+        _fail(f"internal error (a defect in allasrun, please report it): {defect}", EXIT_SOFTWARE)
+
+
+def _fail(error: object, code: int) -> None:
+    if not logsetup.log.handlers:  # failed before the command configured the log
         logsetup.configure(0)
-        logsetup.log.error("error: %s", error)
-        sys.exit(error.exit_code)
+    logsetup.log.error("error: %s", error)
+    sys.exit(code)

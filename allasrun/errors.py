@@ -8,6 +8,7 @@ logged). Third-party exceptions are mapped to these where they arise: keystoneau
 
     AllasrunError
     ├── UsageError ─ DirectiveError   2   bad option, input file or #ALLAS line
+    ├── LocalFileError                73  a local file or directory could not be made, read or written
     ├── KeystoneUnreachable           69  Keystone down or answering 5xx
     ├── StoreError ─ BucketMissing    69  the object store refused or failed a request
     │             └─ Corrupt          69  what arrived is not what was listed
@@ -27,6 +28,8 @@ from typing import Optional
 # (0-255, or 128+N when signal N killed it); these are only seen when allasrun stops first.
 EXIT_USAGE = 2  # bad options, bad input file or #ALLAS directive, missing command
 EXIT_UNAVAILABLE = 69  # Keystone (or Swift) could not be reached or answered with an error
+EXIT_SOFTWARE = 70  # a defect in allasrun itself: the one line says so (-v adds the traceback)
+EXIT_LOCAL_FILE = 73  # a local file or directory could not be made, read or written (quota, disk, permission)
 EXIT_STAGE_IN = 74  # stage-in failed: the command was not started
 EXIT_STAGE_OUT = 75  # stage-out failed: some results did not land (each is named in the log)
 EXIT_AUTH = 77  # Keystone refused the credentials: wrong password, unknown project, expired
@@ -52,6 +55,22 @@ class DirectiveError(UsageError):
 
     def __init__(self, where: str, message: str, text: str) -> None:
         super().__init__(f"{where}: {message}: {text.strip()}")
+
+
+class LocalFileError(AllasrunError):
+    """The machine refused a file allasrun needs: permission, quota, a full disk, a path that is a directory.
+
+    These are the environment's doing, not the user's input, so they get their own code (sysexits'
+    EX_CANTCREAT) and a message naming the path and the system's reason.
+    """
+
+    exit_code = EXIT_LOCAL_FILE
+
+    @classmethod
+    def of(cls, error: OSError, doing: str) -> LocalFileError:
+        """`doing` says what allasrun was trying ("write the token cache"); the path comes from `error`."""
+        where = f" {error.filename}" if error.filename else ""
+        return cls(f"cannot {doing}{where}: {error.strerror or error}")
 
 
 class CommandNotFound(AllasrunError):
