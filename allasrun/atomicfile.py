@@ -7,20 +7,46 @@ shared file system and across a crash, so every write is temp file, fsync, renam
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from allasrun.errors import UnsafeFile
 
 PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 
 
 def private_dir(path: Path) -> Path:
-    """Create `path` (and parents) and make sure only the owner can enter it."""
-    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-    os.chmod(path, PRIVATE_DIR)
+    """Create `path` (and parents) and make sure it is ours and only we can enter it.
+
+    A shared /tmp lets anyone create a name first, so the last component is opened without
+    following a symlink and judged by what was opened: a link, a non-directory or a directory
+    of another user is refused (UnsafeFile), never chmodded or written into.
+    """
+    with contextlib.suppress(FileExistsError):  # a dangling link: refused below, not followed
+        path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            kind = "a symbolic link" if path.is_symlink() else "not a directory"
+            raise UnsafeFile(f"{path}: {kind}; refusing to keep secrets there") from None
+        raise
+    try:
+        found = os.fstat(fd)
+        if found.st_uid != os.geteuid():
+            raise UnsafeFile(
+                f"{path}: owned by another user (uid {found.st_uid}); refusing to keep secrets there"
+            )
+        if stat.S_IMODE(found.st_mode) != PRIVATE_DIR:
+            os.fchmod(fd, PRIVATE_DIR)
+    finally:
+        os.close(fd)
     return path
 
 

@@ -7,12 +7,14 @@ file systems (node-local scratch, no $HOME) need no code change.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from allasrun.atomicfile import private_dir
-from allasrun.errors import UnsafeFile
+from allasrun.errors import LocalFileError, UnsafeFile
+from allasrun.log import log
 
 
 def config_dir(env: Mapping[str, str]) -> Path:
@@ -40,14 +42,40 @@ def shared_dir(env: Mapping[str, str]) -> Path:
 
 
 def runtime_dir(env: Mapping[str, str]) -> Path:
-    """A private base for per-run files: $XDG_RUNTIME_DIR if set, else one under $TMPDIR."""
+    """A private base for per-run files: $XDG_RUNTIME_DIR if it is really ours, else one under $TMPDIR.
+
+    sbatch's default --export=ALL carries the login node's XDG_RUNTIME_DIR to compute nodes that
+    have no such directory, and su or sudo can leave someone else's: such a one is passed over
+    quietly (debug only), as it is on every job of those users. The $TMPDIR fallback must be ours:
+    a name someone else took first in a shared /tmp is refused (UnsafeFile), never used.
+    """
     if env.get("ALLASRUN_RUNTIME_DIR"):
-        base = Path(env["ALLASRUN_RUNTIME_DIR"])
-    elif env.get("XDG_RUNTIME_DIR"):
-        base = Path(env["XDG_RUNTIME_DIR"]) / "allasrun"
-    else:
-        base = Path(env.get("TMPDIR") or tempfile.gettempdir()) / f"allasrun-{os.getuid()}"
-    return owned_private_dir(base)
+        return _made(Path(env["ALLASRUN_RUNTIME_DIR"]))
+    xdg = env.get("XDG_RUNTIME_DIR")
+    if xdg and _ours_alone(Path(xdg)):
+        try:
+            return private_dir(Path(xdg) / "allasrun")
+        except OSError as error:
+            log.debug("not using XDG_RUNTIME_DIR %s: %s", xdg, error.strerror or error)
+    elif xdg:
+        log.debug("not using XDG_RUNTIME_DIR %s: missing, or not a 0700 directory of ours", xdg)
+    return _made(Path(env.get("TMPDIR") or tempfile.gettempdir()) / f"allasrun-{os.geteuid()}")
+
+
+def _ours_alone(path: Path) -> bool:
+    """A real directory (not a link), owned by us, that nobody else can enter: what logind makes."""
+    try:
+        found = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(found.st_mode) and found.st_uid == os.geteuid() and not found.st_mode & 0o077
+
+
+def _made(path: Path) -> Path:
+    try:
+        return private_dir(path)
+    except OSError as error:
+        raise LocalFileError.of(error, "make the run directory") from None
 
 
 def user_rclone_config(env: Mapping[str, str]) -> Path:
@@ -59,11 +87,8 @@ def user_rclone_config(env: Mapping[str, str]) -> Path:
 
 
 def owned_private_dir(path: Path) -> Path:
-    """Make `path` 0700, refusing one someone else created (a shared /tmp invites that)."""
-    private_dir(path)
-    if path.stat().st_uid != os.getuid():
-        raise UnsafeFile(f"{path}: owned by another user; refusing to keep tokens there")
-    return path
+    """Make `path` 0700, refusing a link or one someone else created (a shared /tmp invites that)."""
+    return private_dir(path)
 
 
 def check_private(path: Path) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Callable, Optional
 
 from allasrun import paths
-from allasrun.auth.cache import TokenCache
+from allasrun.auth.cache import TokenCache, open_cache
 from allasrun.auth.identity import AppCredential, Identity, Password, Target, ask_password, gather
 from allasrun.auth.schedule import Schedule
 from allasrun.auth.token import Token, duration, utc_text
@@ -45,6 +45,7 @@ class TokenSource:
         self.schedule = schedule
         self.renewals = 0
         self._owner: Optional[Identity] = None  # the password behind a minted run credential
+        self._owner_cache: Optional[TokenCache] = None  # and the password's cache entry
         self._minted: Optional[AppCredential] = None
         self._listeners: list[Listener] = []
         self._lock = threading.RLock()
@@ -77,7 +78,7 @@ class TokenSource:
         hide(*identity.secret.hidden())
         cache = None
         if use_cache and identity.secret.renewable:
-            cache = TokenCache.for_identity(paths.cache_dir(env), identity.target, identity.secret)
+            cache = open_cache(paths.cache_dir(env), identity.target, identity.secret)
         schedule = schedule or Schedule()
         return cls(identity, _obtain(identity, cache, schedule), cache, schedule)
 
@@ -106,7 +107,8 @@ class TokenSource:
         """Call `listener` with every new token before anyone else can see it.
 
         The keeper writes the client files here, so a client never holds a token the files
-        do not hold yet. A listener that raises leaves the old token in place.
+        do not hold yet. A listener that fails (a full disk, a quota) costs a warning, never
+        the token: the old one would only expire while Keystone is asked again and again.
         """
         self._listeners.append(listener)
 
@@ -122,7 +124,7 @@ class TokenSource:
             fresh = _obtain(self._identity, self._cache, self.schedule, replacing=self._token)
             hide(fresh.value)
             for listener in self._listeners:
-                listener(fresh)
+                _tell(listener, fresh, self._token)
             self._token = fresh
             self.renewals += 1
             count = self.renewals
@@ -149,8 +151,8 @@ class TokenSource:
         )
         with self._lock:
             self._owner, self._minted = self._identity, credential
+            self._owner_cache, self._cache = self._cache, None  # no other run can use the new tokens
             self._identity = Identity(self._identity.target, credential)
-            self._cache = None  # no other run can use this credential's tokens
             self._token = _obtain(self._identity, None, self.schedule)
             hide(self._token.value)
         log.info("created application credential %s for this run (expires %s)", name, utc_text(expires))
@@ -181,6 +183,23 @@ class TokenSource:
         log.info("revoked %s", label)
         return True
 
+    def lasting(self) -> tuple[Token, Optional[AppCredential]]:
+        """A token and credential for a file that outlives the run (the user's own rclone.conf).
+
+        The run's own credential is revoked when it ends, and every token it gave with it, so
+        after minting this is a token of the password (cached like any other), which stays
+        valid until it expires; otherwise the current token and credential.
+        """
+        if self._owner is None:
+            return self._token, self.app_credential
+        return self._owner_token(self._owner), None
+
+    def _owner_token(self, owner: Identity) -> Token:
+        """A token of the password behind the minted credential."""
+        token = _obtain(owner, self._owner_cache, self.schedule)
+        hide(token.value)
+        return token
+
     def close(self) -> None:
         """Revoke the credential minted for the run, if any."""
         minted, self._minted = self._minted, None
@@ -201,12 +220,26 @@ class TokenSource:
         as it is after `sbatch --wait` has waited for a long job.
         """
         if self._owner is not None:
-            token = _obtain(self._owner, None, self.schedule)
-            hide(token.value)
-            return self._owner.target, token
+            return self._owner.target, self._owner_token(self._owner)
         if self.schedule.fresh_enough(self._token, time.time()):
             return self._identity.target, self._token
         return self._identity.target, self.renew(self._token)
+
+
+def _tell(listener: Listener, fresh: Token, previous: Token) -> None:
+    """Hand a listener the new token; whatever it fails at, the token is kept."""
+    try:
+        listener(fresh)
+    except Exception as error:  # a defect in a listener must not throw a good token away either
+        if not isinstance(error, (AllasrunError, OSError)):
+            log.debug("traceback of the listener failure below", exc_info=True)
+            error = AllasrunError(f"internal error {type(error).__name__}: {error}")
+        log.warning(
+            "renewed the token, but %s; the new token is used anyway, and anything that missed it "
+            "keeps the previous one (valid until %s)",
+            error,
+            previous.expiry_text(),
+        )
 
 
 def _password(target: Target, ask: Callable[[str], str]) -> Password:

@@ -11,10 +11,13 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
+from allasrun import paths
 from allasrun.atomicfile import locked, write_atomic
 from allasrun.auth import SECRET_VARIABLES, AppCredential, Target, Token
+from allasrun.errors import AllasrunError, LocalFileError, UnsafeFile
+from allasrun.log import log
 
 HEADER = "# Written by allasrun; rewritten at every token renewal. Edits here are lost.\n"
 
@@ -114,9 +117,16 @@ def _is_comment_or_blank(line: str) -> bool:
     return not stripped or stripped.startswith(("#", ";"))
 
 
+Lasting = Callable[[], tuple[Token, Optional[AppCredential]]]
+
+
 @dataclass(frozen=True)
 class ClientFiles:
-    """Where the files of one run live, and how to write them all for a token."""
+    """Where the files of one run live, and how to write them all for a token.
+
+    `lasting` gives what the user's own rclone.conf may hold (TokenSource.lasting): it outlives
+    the run, so never a credential the run revokes when it ends.
+    """
 
     directory: Path
     remote: str
@@ -124,6 +134,7 @@ class ClientFiles:
     credential: Optional[AppCredential]
     user_config: Optional[Path] = None
     node: str = ""
+    lasting: Optional[Lasting] = None
 
     @property
     def rclone_config(self) -> Path:
@@ -136,16 +147,26 @@ class ClientFiles:
         return self.directory / "env"
 
     def write(self, token: Token) -> None:
-        """Write every file for `token`; each is replaced atomically."""
-        section = rclone_section(self.remote, self.target, token, self.credential)
-        write_atomic(self.rclone_config, HEADER + section)
-        write_atomic(self.env_path, env_file(token))
+        """Write every file for `token`; each is replaced atomically.
+
+        The run's own files are what the command's clients read, so failing to write them is a
+        LocalFileError: at start the run stops before the command does; at a renewal the
+        TokenSource warns and keeps the new token for staging, and clients keep the previous
+        token until it expires. A run directory removed meanwhile (logind clears /run/user/UID
+        at logout, a tmp cleaner) is made again first. The user's rclone.conf is best effort.
+        """
+        try:
+            self._write_own(token)
+        except OSError as error:
+            raise LocalFileError.of(error, "write the command's client files") from None
         if self.user_config is not None:
-            update_section(self.user_config, self.remote, section)
+            self._update_user_config(self.user_config, token)
 
     def environment(self, token: Token) -> Mapping[str, str]:
         """What the command's environment gains: where the files are, and the first token."""
-        rclone_config = self.user_config or self.rclone_config
+        rclone_config = self.rclone_config
+        if self.user_config is not None and refusal(self.user_config) is None:
+            rclone_config = self.user_config
         return {
             "RCLONE_CONFIG": str(rclone_config),
             "ALLASRUN_ENV_FILE": str(self.env_path),
@@ -155,15 +176,55 @@ class ClientFiles:
             "OS_STORAGE_URL": token.storage_url,
         }
 
+    def _write_own(self, token: Token) -> None:
+        if not self.directory.is_dir():
+            log.warning("the run directory %s was removed; making it again", self.directory)
+            paths.owned_private_dir(self.directory)
+        section = rclone_section(self.remote, self.target, token, self.credential)
+        write_atomic(self.rclone_config, HEADER + section)
+        write_atomic(self.env_path, env_file(token))
+
+    def _update_user_config(self, path: Path, token: Token) -> None:
+        """Keep [remote] current in the user's own file; any failure is a warning."""
+        try:
+            lasting, credential = self.lasting() if self.lasting else (token, self.credential)
+            update_section(path, self.remote, rclone_section(self.remote, self.target, lasting, credential))
+        except OSError as error:
+            log.warning("not updating [%s]: %s", self.remote, LocalFileError.of(error, "write"))
+        except AllasrunError as error:
+            log.warning("not updating [%s] in %s: %s", self.remote, path, error)
+
+
+def refusal(path: Path) -> Optional[str]:
+    """Why a user's rclone.conf must not be rewritten by allasrun, if it must not.
+
+    A symlink (dotfiles kept elsewhere) would be replaced by a plain file, and an encrypted
+    configuration by a plaintext one holding every other remote's secrets.
+    """
+    if path.is_symlink():
+        return "it is a symbolic link, which allasrun would replace with a plain file"
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return None  # missing (it will be made) or unreadable (the write will say why)
+    if b"RCLONE_ENCRYPT_V0:" in head:
+        return "it is encrypted (RCLONE_ENCRYPT_V0), and allasrun writes only plain text"
+    return None
+
 
 def update_section(path: Path, name: str, section: str) -> None:
     """Rewrite one section of a user's own rclone.conf under a lock, the rest untouched.
 
     Two jobs of one user renew at their own times; the lock makes each read-modify-write
-    see the other's result instead of losing it.
+    see the other's result instead of losing it. A file `refusal` names is left as it is
+    (UnsafeFile).
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with locked(path):
+        reason = refusal(path)
+        if reason is not None:
+            raise UnsafeFile(f"{path}: {reason}")
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:

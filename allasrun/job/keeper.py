@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from typing import Callable, Optional
 
 from allasrun.auth import TokenSource, duration
 from allasrun.errors import AllasrunError
@@ -19,9 +20,10 @@ from allasrun.log import log
 class Keeper:
     """Renews `source`'s token on its schedule until stopped; a context manager."""
 
-    def __init__(self, source: TokenSource) -> None:
+    def __init__(self, source: TokenSource, clock: Callable[[], float] = time.time) -> None:
         self._source = source
         self._schedule = source.schedule
+        self._clock = clock
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="allasrun-keeper", daemon=True)
 
@@ -52,15 +54,17 @@ class Keeper:
 
     def _run(self) -> None:
         attempt = 0
+        renewed_at: Optional[float] = None  # by the local clock, which may run ahead of Keystone's
         while True:
             planned = self._source.token
             if attempt == 0:
-                delay = self._schedule.renew_at(planned, random.random()) - time.time()
+                delay = self._schedule.delay(planned, self._clock(), random.random(), renewed_at)
             else:
                 delay = self._schedule.retry_delay(attempt)
-            if self._stopping.wait(max(delay, 0.0)):
+            if self._stopping.wait(delay):
                 return
             if attempt == 0 and self._source.token is not planned:
+                renewed_at = self._clock()
                 continue  # a 401 renewed it meanwhile: schedule from the new token
             try:
                 self._source.renew(planned)
@@ -72,10 +76,10 @@ class Keeper:
                 attempt += 1
                 log.exception("renewal attempt %d failed unexpectedly: %s", attempt, error)
                 continue
-            attempt = 0
+            attempt, renewed_at = 0, self._clock()
 
     def _report_failure(self, attempt: int, error: Exception) -> None:
-        left = self._source.token.remaining(time.time())
+        left = self._source.token.remaining(self._clock())
         state = f"current token expires in {duration(left)}" if left > 0 else "current token has EXPIRED"
         log.warning(
             "renewal attempt %d failed: %s; %s; retrying in %s",

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import shutil
+import stat
 import subprocess
+from pathlib import Path
+from typing import Any, Optional
 
+import pytest
+
+from allasrun import atomicfile
 from allasrun.auth.identity import AppCredential, Target
 from allasrun.auth.token import Token
-from allasrun.job.clientfiles import env_file, rclone_section, replace_section
+from allasrun.errors import LocalFileError
+from allasrun.job.clientfiles import ClientFiles, env_file, rclone_section, replace_section
+from tests.unit.keystone_fake import capture_log
 
 TARGET = Target("http://ks:5000/v3", "project_1", "alice", region="RegionOne")
 TOKEN = Token("tok-123", 1000.0, 1090.0, "http://swift/v1/AUTH_p", "p", "u")
@@ -40,6 +52,7 @@ def test_env_file_is_valid_shell_even_with_odd_characters() -> None:
     assert out == "a'b c$d|http://s/v1/AUTH_x;rm"
 
 
+ENCRYPTED = "# Encrypted rclone configuration File\n\nRCLONE_ENCRYPT_V0:\nAbCdEf0123456789==\n"
 NEW = "[allas]\ntype = swift\nauth_token = new\n"
 USER_CONF = (
     "# my remotes\n"
@@ -70,3 +83,101 @@ def test_replace_appends_a_missing_section() -> None:
 def test_replace_last_section_and_similar_names() -> None:
     text = "[allas-old]\nk = 1\n[allas]\nk = 2\n"
     assert replace_section(text, "allas", NEW) == "[allas-old]\nk = 1\n" + NEW
+
+
+RUN_CREDENTIAL = AppCredential("run-cred", "run-secret", "created for this run")
+PASSWORD_TOKEN = Token("password-token", 1000.0, 1090.0, "http://swift/v1/AUTH_p", "p", "u")
+
+
+@pytest.fixture
+def logged(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> pytest.LogCaptureFixture:
+    return capture_log(caplog, monkeypatch)
+
+
+def _warnings(logged: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in logged.records if r.levelno == logging.WARNING]
+
+
+def _files(tmp_path: Path, user_config: Optional[Path] = None, **fields: Any) -> ClientFiles:
+    directory = tmp_path / "run"
+    directory.mkdir(mode=0o700)
+    return ClientFiles(directory, "allas", TARGET, fields.pop("credential", None), user_config, **fields)
+
+
+def test_a_run_directory_removed_meanwhile_is_made_again(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    files.write(TOKEN)
+    shutil.rmtree(files.directory)  # logind at logout, or a tmp cleaner
+    files.write(TOKEN)
+    assert "auth_token = tok-123\n" in files.rclone_config.read_text()
+    assert stat.S_IMODE(files.directory.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EACCES])
+def test_run_files_that_cannot_be_written_are_one_local_file_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    def refuse(path: Path, text: str) -> None:
+        raise OSError(code, os.strerror(code), str(path))
+
+    files = _files(tmp_path)
+    monkeypatch.setattr("allasrun.job.clientfiles.write_atomic", refuse)
+    with pytest.raises(LocalFileError) as raised:
+        files.write(TOKEN)
+    assert raised.value.exit_code == 73
+    assert str(files.rclone_config) in str(raised.value)
+    assert os.strerror(code) in str(raised.value)
+
+
+def test_a_user_config_that_cannot_be_written_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged: pytest.LogCaptureFixture
+) -> None:
+    conf = tmp_path / "rclone.conf"
+    conf.write_text(USER_CONF)
+    real = atomicfile.write_atomic
+
+    def quota(path: Path, text: str) -> None:
+        if path == conf:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded", str(path))
+        real(path, text)
+
+    monkeypatch.setattr("allasrun.job.clientfiles.write_atomic", quota)
+    files = _files(tmp_path, conf)
+    files.write(TOKEN)
+    assert "auth_token = tok-123\n" in files.rclone_config.read_text()
+    assert conf.read_text() == USER_CONF
+    [warning] = _warnings(logged)
+    assert str(conf) in warning and "Disk quota exceeded" in warning
+
+
+@pytest.mark.parametrize("kind", ["symlink", "encrypted"])
+def test_a_symlinked_or_encrypted_user_config_is_never_replaced_by_plain_text(
+    tmp_path: Path, logged: pytest.LogCaptureFixture, kind: str
+) -> None:
+    real = tmp_path / "dotfiles" / "rclone.conf"
+    real.parent.mkdir()
+    original = ENCRYPTED if kind == "encrypted" else USER_CONF
+    real.write_text(original)
+    conf = real
+    if kind == "symlink":
+        conf = tmp_path / "rclone.conf"
+        conf.symlink_to(real)
+    files = _files(tmp_path, conf)
+    files.write(TOKEN)
+    assert real.read_text() == original
+    assert conf.is_symlink() == (kind == "symlink")
+    [warning] = _warnings(logged)
+    assert str(conf) in warning
+    assert files.environment(TOKEN)["RCLONE_CONFIG"] == str(files.rclone_config)
+
+
+def test_the_user_config_gets_what_outlives_the_run_and_the_run_its_own_credential(tmp_path: Path) -> None:
+    conf = tmp_path / "rclone.conf"
+    conf.write_text(USER_CONF)
+    files = _files(tmp_path, conf, credential=RUN_CREDENTIAL, lasting=lambda: (PASSWORD_TOKEN, None))
+    files.write(TOKEN)
+    own, user = files.rclone_config.read_text(), conf.read_text()
+    assert "application_credential_secret = run-secret\n" in own
+    assert "run-cred" not in user and "run-secret" not in user
+    assert "auth_token = password-token\n" in user
+    assert files.environment(TOKEN)["RCLONE_CONFIG"] == str(conf)

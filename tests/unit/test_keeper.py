@@ -5,6 +5,7 @@ Tokens here live a second or less, so every test finishes in well under a second
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Iterator
@@ -83,20 +84,36 @@ def test_failing_keystone_means_retries_with_backoff_then_recovery(keystone: Fak
     assert source.token != first
 
 
-def test_a_listener_bug_does_not_end_the_keeper(keystone: FakeKeystone) -> None:
+@pytest.mark.parametrize("failure", [OSError(errno.EDQUOT, "Disk quota exceeded"), RuntimeError("bug")])
+def test_a_listener_that_fails_does_not_throw_the_new_token_away(
+    keystone: FakeKeystone, failure: Exception
+) -> None:
     source = _source(0.1)
     calls: list[Token] = []
 
     def flaky(fresh: Token) -> None:
         calls.append(fresh)
         if len(calls) == 1:
-            raise RuntimeError("bug in a listener")
+            raise failure
 
     source.on_renew(flaky)
     with Keeper(source):
         _wait_for(lambda: source.renewals == 1)
-    assert len(calls) == 2
-    assert source.token == calls[1]
+        assert source.token == calls[0]  # installed although its files could not be written
+    assert keystone.logins == source.renewals
+
+
+def test_a_clock_ahead_of_keystone_does_not_make_a_login_loop(keystone: FakeKeystone) -> None:
+    """Every token looks expired to a clock 100 s ahead: renewals still keep their distance."""
+    source = _source(1.0)
+    keeper = Keeper(source, clock=lambda: time.time() + 100.0)
+    keeper._stopping = waits = _RecordingEvent()
+    with keeper:
+        _wait_for(lambda: source.renewals >= 3)
+    gap = QUICK.min_interval(source.token)
+    assert gap == pytest.approx(0.1)
+    assert waits.waits[0] == 0.0  # the first renewal is due at once, as it is
+    assert all(wait >= gap * 0.99 for wait in waits.waits[1:])
 
 
 @pytest.mark.parametrize(

@@ -42,3 +42,19 @@ def test_backoff_stays_capped_however_long_the_outage() -> None:
     """Attempt 1026 is 17 hours of failures at the 60 s cap: the delay must still be 60 s."""
     assert Schedule().retry_delay(1026) == 60.0
     assert Schedule().retry_delay(10**6) == 60.0
+
+
+def test_renewals_keep_a_minimum_distance_when_the_clock_runs_ahead() -> None:
+    """A clock 60 s ahead of Keystone sees the 90 s token past its renewal point at once."""
+    schedule = Schedule(jitter=0)
+    now = TEST_TOKEN.issued_at + 60.0
+    assert schedule.delay(TEST_TOKEN, now, 0.0, renewed_at=None) == 0.0
+    assert schedule.delay(TEST_TOKEN, now, 0.0, renewed_at=now) == 9.0  # a tenth of its life
+    assert schedule.delay(TEST_TOKEN, now + 4.0, 0.0, renewed_at=now) == 5.0
+
+
+def test_the_minimum_distance_never_delays_a_renewal_on_schedule() -> None:
+    for schedule in (Schedule(), Schedule(margin=10**6)):  # the widest margin, the default jitter
+        for token in (TEST_TOKEN, ALLAS_TOKEN):
+            now = token.issued_at
+            assert schedule.delay(token, now, 0.999, renewed_at=now) == schedule.renew_at(token, 0.999) - now

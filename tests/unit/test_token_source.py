@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import hashlib
 import logging
+import os
+import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from allasrun.auth import AppCredential, Token, TokenSource
-from allasrun.errors import AllasrunError, AuthenticationFailed, KeystoneUnreachable
-from allasrun.log import configure, log
+from allasrun.auth import AppCredential, Schedule, Token, TokenSource
+from allasrun.commands import env as env_command
+from allasrun.commands import status as status_command
+from allasrun.errors import AllasrunError, AuthenticationFailed, KeystoneUnreachable, LocalFileError
+from allasrun.log import configure, hide, log
 from tests.unit.keystone_fake import (
     AUTH_URL,
     CREDENTIAL,
@@ -122,19 +130,138 @@ def test_listeners_see_the_new_token_before_the_source_hands_it_out(
     assert source.token == new
 
 
-def test_a_listener_that_raises_leaves_the_old_token_in_place(keystone: FakeKeystone, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "failure",
+    [OSError(errno.ENOSPC, "No space left on device"), LocalFileError("cannot write"), RuntimeError("bug")],
+)
+def test_a_listener_that_raises_does_not_lose_the_new_token(
+    keystone: FakeKeystone, tmp_path: Path, logged: pytest.LogCaptureFixture, failure: Exception
+) -> None:
     source = _open(tmp_path)
     old = source.token
 
     def refuse(fresh: Token) -> None:
-        raise OSError("disk full")
+        raise failure
 
     source.on_renew(refuse)
-    with pytest.raises(OSError, match="disk full"):
-        source.renew()
+    new = source.renew()
     assert keystone.logins == 2
-    assert source.token == old
-    assert source.renewals == 0
+    assert new != old
+    assert source.token == new
+    assert source.renewals == 1
+    [warning] = [r.getMessage() for r in logged.records if r.levelno == logging.WARNING]
+    assert str(failure) in warning
+
+
+def _cache_write_fails(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    def refuse(path: Path, text: str) -> None:
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr("allasrun.auth.cache.write_atomic", refuse)
+
+
+@pytest.mark.parametrize("code", [errno.EDQUOT, errno.ENOSPC, errno.EACCES])
+def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_token(
+    keystone: FakeKeystone,
+    tmp_path: Path,
+    logged: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+) -> None:
+    _cache_write_fails(monkeypatch, code)
+    source = _open(tmp_path)
+    assert source.token.value in keystone.methods
+    renewed = source.renew()
+    assert source.token == renewed
+    assert keystone.logins == 2
+    warnings = [r.getMessage() for r in logged.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert all("token cache" in w and os.strerror(code) in w for w in warnings)
+
+
+def test_a_cache_directory_that_cannot_be_made_costs_a_warning_not_the_token(
+    keystone: FakeKeystone, tmp_path: Path, logged: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "cache").write_text("a file where the cache directory should be")
+    source = _open(tmp_path)
+    assert source.token.value in keystone.methods
+    assert source.renew() == source.token
+    assert any("token cache" in r.getMessage() for r in logged.records if r.levelno == logging.WARNING)
+
+
+def test_a_wrong_password_after_a_right_one_is_refused_not_served_from_the_cache(
+    keystone: FakeKeystone, tmp_path: Path
+) -> None:
+    right = _open(tmp_path, "right")
+    keystone.fail("auth", 401)  # Keystone refuses whatever comes next: the wrong password
+    with pytest.raises(AuthenticationFailed):
+        _open(tmp_path, "wrong")
+    assert keystone.logins == 2
+    keystone.heal()
+    assert _open(tmp_path, "right").token == right.token  # and the right one still hits the cache
+    assert keystone.logins == 2
+
+
+def test_a_wrong_password_before_a_right_one_leaves_nothing_behind(
+    keystone: FakeKeystone, tmp_path: Path
+) -> None:
+    keystone.fail("auth", 401)
+    with pytest.raises(AuthenticationFailed):
+        _open(tmp_path, "wrong")
+    keystone.heal()
+    right = _open(tmp_path, "right")
+    assert keystone.methods[right.token.value] == "password"
+    assert keystone.logins == 2
+
+
+def test_another_secret_of_one_application_credential_is_not_served_from_the_cache(
+    keystone: FakeKeystone, tmp_path: Path
+) -> None:
+    first = TokenSource.open(app_credential_env(tmp_path, "secret-one")).token
+    second = TokenSource.open(app_credential_env(tmp_path, "secret-two")).token
+    assert keystone.logins == 2
+    assert second != first
+    assert TokenSource.open(app_credential_env(tmp_path, "secret-one")).token == first
+
+
+def test_the_cache_holds_neither_the_secret_nor_a_plain_hash_of_it(
+    keystone: FakeKeystone, tmp_path: Path
+) -> None:
+    password = unique("pw")
+    _open(tmp_path, password)
+    TokenSource.open(app_credential_env(tmp_path, password))
+    plain = {hashlib.sha256(password.encode()).hexdigest(), hashlib.md5(password.encode()).hexdigest()}
+    files = [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]
+    assert len(files) >= 3  # two tokens and the key
+    for path in files:
+        text = path.name + path.read_bytes().decode("latin-1")
+        assert password not in text
+        assert not any(digest[:16] in text for digest in plain)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700
+
+
+def test_a_storage_url_option_is_not_served_a_cached_token_of_another_url(
+    keystone: FakeKeystone, tmp_path: Path
+) -> None:
+    catalog = _open(tmp_path).token.storage_url
+    other = "http://other.example/v1/AUTH_x"
+    assert _open(tmp_path, storage_url=other).token.storage_url == other
+    assert _open(tmp_path).token.storage_url == catalog
+    assert _open(tmp_path, storage_url=other).token.storage_url == other
+    assert keystone.logins == 2
+
+
+def test_what_outlives_the_run_is_never_the_run_credential(keystone: FakeKeystone, tmp_path: Path) -> None:
+    with _open(tmp_path) as source:
+        assert source.lasting() == (source.token, None)
+        source.use_run_credential(1.0)
+        token, credential = source.lasting()
+        assert credential is None
+        assert keystone.methods[token.value] == "password"
+        assert token.value != source.token.value
+    with TokenSource.open(app_credential_env(tmp_path)) as durable:
+        assert durable.lasting() == (durable.token, durable.app_credential)
 
 
 def test_every_secret_the_source_learns_is_masked_in_the_log(
@@ -152,9 +279,10 @@ def test_every_secret_the_source_learns_is_masked_in_the_log(
         assert minted is not None
         run_token = source.token.value
     revoker = keystone.requests("DELETE", CREDENTIAL)[0].headers["X-Auth-Token"]
+    assert revoker == renewed  # the password's cached token: revoking cost no login
     env = app_credential_env(tmp_path, app_secret)
     from_app = TokenSource.open(env).token.value
-    secrets = [password, app_secret, first, renewed, minted.secret, run_token, revoker, from_app]
+    secrets = [password, app_secret, first, renewed, minted.secret, run_token, from_app]
     assert len(set(secrets)) == len(secrets)
 
     monkeypatch.setattr(log, "handlers", [])  # `configure` replaces the handlers in this list
@@ -250,3 +378,86 @@ def test_an_existing_token_is_validated_and_not_renewable(keystone: FakeKeystone
     assert not source.token.renewable
     assert not source.identity.secret.renewable
     assert source.cache is None
+
+
+@pytest.fixture
+def stderr_log(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> pytest.CaptureFixture[str]:
+    """allasrun's own stderr handler, as `configure` sets it up, put back after the test.
+
+    The handler is made in the test itself (`_to_stderr`): during fixture setup sys.stderr is
+    pytest's, not the capture the test reads.
+    """
+    monkeypatch.setattr(log, "handlers", [])
+    monkeypatch.setattr(log, "propagate", log.propagate)
+    monkeypatch.setattr(log, "level", log.level)
+    return capsys
+
+
+def _to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    configure(1)
+    capsys.readouterr()
+
+
+def test_a_traceback_in_the_log_is_masked_too(stderr_log: pytest.CaptureFixture[str]) -> None:
+    _to_stderr(stderr_log)
+    secret = unique("in-a-traceback")
+    hide(secret)
+    try:
+        raise RuntimeError(f"refused {secret}")
+    except RuntimeError:
+        log.exception("renewal failed")
+        log.debug("and with the stack", stack_info=True, exc_info=True)
+    err = stderr_log.readouterr().err
+    assert "Traceback" in err and "refused ***" in err
+    assert secret not in err
+
+
+def test_hiding_while_another_thread_logs_never_breaks_a_log_call(
+    stderr_log: pytest.CaptureFixture[str],
+) -> None:
+    _to_stderr(stderr_log)
+    stop = threading.Event()
+
+    hide(*(unique("s") for _ in range(2000)))  # so each log call spends a while masking
+
+    def keep_hiding() -> None:
+        while not stop.is_set():  # one at a time, all through the logging below
+            hide(unique("s"))
+            time.sleep(0.0005)
+
+    hider = threading.Thread(target=keep_hiding)
+    hider.start()
+    try:
+        for n in range(300):
+            log.info("line %d", n)
+    finally:
+        stop.set()
+        hider.join()
+    assert stderr_log.readouterr().err.count("line ") == 300
+
+
+def test_a_process_that_holds_a_secret_cannot_be_dumped() -> None:
+    hide(unique("s"))
+    status = Path("/proc/self/status").read_text()
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(3, 0, 0, 0, 0) == 0  # PR_GET_DUMPABLE: no core file, no ptrace by the user
+    assert "Name:" in status
+
+
+def test_env_and_status_register_every_secret_they_learn(
+    keystone: FakeKeystone, tmp_path: Path, stderr_log: pytest.CaptureFixture[str]
+) -> None:
+    password = unique("pw")
+    env = env_for(tmp_path, OS_PASSWORD=password)
+    exported = env_command.run(env, Schedule()).split("\n")[0].split("=", 1)[1]
+    status_command.run(
+        env_for(tmp_path, OS_PASSWORD=password, ALLASRUN_CACHE_DIR=str(tmp_path / "c2")), Schedule()
+    )
+    tokens = list(keystone.methods)
+    log.info("%s %s %s", password, exported, " ".join(tokens))
+    err = stderr_log.readouterr().err
+    assert exported in tokens
+    for secret in (password, *tokens):
+        assert secret not in err
