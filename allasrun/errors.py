@@ -10,6 +10,7 @@ logged). Third-party exceptions are mapped to these where they arise: keystoneau
     ├── UsageError ─ DirectiveError   2   bad option, input file or #ALLAS line
     ├── LocalFileError                73  a local file or directory could not be made, read or written
     ├── KeystoneUnreachable           69  Keystone down or answering 5xx
+    ├── SlurmUnavailable              69  slurmctld did not give what the job needs (its batch script)
     ├── StoreError ─ BucketMissing    69  the object store refused or failed a request
     │             └─ Corrupt          69  what arrived is not what was listed
     ├── AuthenticationFailed          77  Keystone refused the credentials
@@ -105,6 +106,12 @@ class NoObjectStore(AllasrunError):
 
 class KeystoneUnreachable(AllasrunError):
     """Keystone did not answer, or answered with a server error."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class SlurmUnavailable(AllasrunError):
+    """slurmctld did not answer what the job needs from it (exit 69, like any unavailable service)."""
 
     exit_code = EXIT_UNAVAILABLE
 

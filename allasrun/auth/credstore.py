@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 from allasrun.atomicfile import private_dir, write_atomic
-from allasrun.errors import UsageError
+from allasrun.errors import UnsafeFile, UsageError
 from allasrun.paths import check_private
 
 
@@ -27,10 +29,12 @@ class StoredCredential:
     secret: str
     name: str
     expires_at: str
-    # For `allasrun sbatch`: the job it was given to, and whether it was created for that job
-    # (and so is deleted once the job has left the queue).
+    # For `allasrun sbatch`: the job it was given to and that job's cluster, and whether it is
+    # to be deleted once no job holds it (made for the job, or a login credential replaced while
+    # jobs held it).
     job_id: str = ""
     owned: bool = False
+    cluster: str = ""
 
 
 def path_for(directory: Path, project_name: str) -> Path:
@@ -62,10 +66,21 @@ def load(
 
 
 def read(path: Path) -> StoredCredential:
-    """One credentials file; refused when others can read it or it is not ours."""
-    check_private(path)
+    """One credentials file; refused when others can read it or it is not ours.
+
+    A file that is gone or cannot be read (ALLASRUN_CREDENTIALS naming a deleted file, a
+    job's file swept by a concurrent submission) is a usage error naming it, not a traceback.
+    """
     try:
-        return StoredCredential(**json.loads(path.read_text(encoding="utf-8")))
+        check_private(path)
+        owner = path.stat().st_uid
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"{path}: cannot read the credentials file ({error.strerror or error})") from None
+    if owner != os.getuid():
+        raise UnsafeFile(f"{path}: the credentials file belongs to uid {owner}, not to this user")
+    try:
+        return StoredCredential(**json.loads(text))
     except (ValueError, TypeError) as error:
         raise UsageError(f"{path}: not a credentials file written by allasrun ({error})") from None
 
@@ -80,3 +95,12 @@ def write(path: Path, stored: StoredCredential) -> Path:
     private_dir(path.parent)
     write_atomic(path, json.dumps(asdict(stored), indent=2) + "\n")
     return path
+
+
+def expiry(stored: StoredCredential) -> Optional[float]:
+    """When the credential stops working, as POSIX seconds; None where it is not known."""
+    try:
+        moment = datetime.strptime(stored.expires_at, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=timezone.utc).timestamp()

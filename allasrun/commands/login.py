@@ -1,7 +1,8 @@
 """`allasrun login`: trade the password once for a stored application credential.
 
 Later runs, on any node that sees the home directory, authenticate with it and never need
-the password; it expires by itself, and the next `login` revokes the one it replaces.
+the password; it expires by itself, and the next `login` revokes the one it replaces unless
+a queued or running job holds it (then the sweep after the last of them does).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import time
 from collections.abc import Mapping
 
 from allasrun import paths
-from allasrun.auth import TokenSource, credstore, utc_text
+from allasrun.auth import TokenSource, credstore, handover, utc_text
+from allasrun.commands import sbatch
 from allasrun.errors import UsageError
 
 
@@ -35,6 +37,17 @@ def run(env: Mapping[str, str], days: float) -> str:
         expires_at=utc_text(expires),
     )
     path = credstore.save(directory, stored)
-    if previous is not None:  # the replaced credential is no longer needed anywhere
-        source.revoke(previous[1].id, f"the previous credential {previous[1].name}")
-    return f"stored application credential {name} in {path}; it expires {stored.expires_at}\n"
+    report = f"stored application credential {name} in {path}; it expires {stored.expires_at}\n"
+    # The password is at hand: revoke what finished jobs held, as a password `sbatch` would.
+    finished = sbatch.finished(env)
+    handover.sweep(source, directory / "jobs", finished)
+    if previous is None:
+        return report
+    holding = handover.retire(source, directory / "jobs", previous[1], finished)
+    if holding:
+        report += (
+            f"kept the previous credential {previous[1].name} for job(s) {', '.join(holding)}: the next "
+            "'allasrun login' (or 'allasrun sbatch' with the password) after they have ended revokes it; "
+            f"it expires {previous[1].expires_at}\n"
+        )
+    return report

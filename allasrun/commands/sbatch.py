@@ -11,10 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from allasrun import paths
-from allasrun.auth import Password, TokenSource, handover
+from allasrun.auth import Password, TokenSource, credstore, handover, utc_text
 from allasrun.errors import EXIT_STAGE_IN, NoCredentials, UsageError
 from allasrun.job import child_environment
 from allasrun.log import log
@@ -22,6 +23,13 @@ from allasrun.slurm import facts, sbatchline, submit
 from allasrun.staging import StagePlan, jobscript, look_up
 
 DEFAULT_LIMIT = 7 * 86400.0  # when neither the command line nor the script sets --time
+# What an enclosing allasrun gives its command; a job submitted from there must not inherit them.
+RUN_VARIABLES = ("ALLASRUN_DIR", "ALLASRUN_ENV_FILE", "ALLASRUN_NODE", "ALLASRUN_CREDENTIALS")
+JOB_VARIABLES = (
+    "ALLASRUN_CREDENTIALS", "ALLASRUN_CONFIG_DIR", "ALLASRUN_CACHE_DIR", "ALLASRUN_RUNTIME_DIR",
+    "ALLASRUN_SHARED_DIR", "OS_AUTH_URL", "OS_IDENTITY_API_VERSION", "OS_USERNAME", "OS_PROJECT_NAME",
+    "OS_USER_DOMAIN_NAME", "OS_PROJECT_DOMAIN_NAME", "OS_REGION_NAME", "OS_INTERFACE",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,22 +54,156 @@ def run(options: SbatchOptions, env: Mapping[str, str]) -> int:
         log.error("not submitted: %d input(s) missing", len(missing))
         return EXIT_STAGE_IN
     if options.password_env:
-        return submit.submit(line, script_text, _password_env(source, env))[0]
+        return submit.submit(line, script_text, _password_env(source, env)).returncode
     if not source.identity.secret.renewable:
         raise NoCredentials(
             "a token cannot outlive the queue: set OS_PASSWORD, run 'allasrun login', "
             "or export OS_APPLICATION_CREDENTIAL_ID and _SECRET"
         )
+    return _submit_with_credential(options, line, script_text, source, env)
+
+
+def _submit_with_credential(
+    options: SbatchOptions,
+    line: sbatchline.CommandLine,
+    script_text: Optional[str],
+    source: TokenSource,
+    env: Mapping[str, str],
+) -> int:
+    """Sweep, hand the job its credential file, submit, and record or release it."""
     directory = paths.config_dir(env) / "jobs"
     if source.app_credential is None:  # the password can clean up after earlier jobs
-        handover.sweep(source, directory, lambda job: not facts.job_active(job, env))
+        handover.sweep(source, directory, finished(env))
     limit = sbatchline.time_limit(line, script_text or "") or DEFAULT_LIMIT
     expires = time.time() + options.queue_hours * 3600 + limit + options.margin_hours * 3600
-    handed = handover.hand_over(source, directory, expires)
-    job_env = child_environment(env, {"ALLASRUN_CREDENTIALS": str(handed.path)})
-    returncode, job = submit.submit(line, script_text, job_env)
-    handover.settle(source, handed, job, ended=line.has("--wait", "-W"))
-    return returncode
+    handed = handover.hand_over(source, directory, expires, _lasts_long_enough(source, env, expires))
+    _warn_of_long_waits(line, script_text or "", options.queue_hours, handed.stored.expires_at)
+    job_env = child_environment(_outside_any_run(env), {"ALLASRUN_CREDENTIALS": str(handed.path)})
+    line = sbatchline.exporting(line, script_text or "", env.get("SBATCH_EXPORT"), _exported(job_env))
+    cluster = _cluster(line, script_text or "", env)
+
+    def record(named: submit.Submitted) -> handover.Handover:  # as soon as sbatch names the job
+        return handover.record(handed, named.job_id, named.cluster or cluster)
+
+    submitted = submit.submit(line, script_text, job_env, record)
+    _settle(
+        source, record(submitted) if submitted.job_id else handed, submitted, line.has("--wait", "-W"), env
+    )
+    return submitted.returncode
+
+
+def _settle(
+    source: TokenSource,
+    handed: handover.Handover,
+    submitted: submit.Submitted,
+    waited: bool,
+    env: Mapping[str, str],
+) -> None:
+    """After sbatch: keep the record of a queued job, release one no job will use.
+
+    A failed sbatch queued nothing; `--wait` returns when the job has ended. sbatch that
+    succeeded without naming the job (a wrapper's output, `#SBATCH -Q`) leaves a job that may
+    hold the credential: it stays until it expires.
+    """
+    if waited or (submitted.returncode != 0 and not submitted.job_id):
+        handover.release(source, handed, finished(env))
+    elif not submitted.job_id:
+        log.warning(
+            "sbatch named no job: application credential %s stays in %s until it expires (%s)",
+            handed.stored.id,
+            handed.path,
+            handed.stored.expires_at or "as the user's credential does",
+        )
+
+
+def _warn_of_long_waits(line: sbatchline.CommandLine, script_text: str, hours: float, until: str) -> None:
+    """A held or deferred job can wait longer than the credential was sized for: say so now."""
+    waits = [
+        name
+        for name, short in (("--hold", "-H"), ("--begin", "-b"), ("--dependency", "-d"))
+        if sbatchline.given(line, script_text, name, short)
+    ]
+    if waits:
+        log.warning(
+            "%s: the job's credential expires %s (%g h of queue time); if it waits longer it cannot "
+            "authenticate: give a larger --queue-hours",
+            ", ".join(waits),
+            until or "as the shared credential does",
+            hours,
+        )
+
+
+def finished(env: Mapping[str, str]) -> handover.Finished:
+    """A job is finished only when its cluster's slurmctld says so (None, no answer, is not)."""
+    return lambda stored: facts.job_active(stored.job_id, env, stored.cluster) is False
+
+
+def _cluster(line: sbatchline.CommandLine, script_text: str, env: Mapping[str, str]) -> str:
+    """The cluster sbatch will send the job to, so the sweep asks that one (and not this one)."""
+    chosen = sbatchline.setting(line, script_text, "--clusters", "-M") or env.get("SLURM_CLUSTERS")
+    return chosen or facts.cluster_name(env) or ""
+
+
+def _lasts_long_enough(source: TokenSource, env: Mapping[str, str], needed: float) -> Optional[float]:
+    """The expiry of the credential the job would share, if known; refused if the job can outlive it.
+
+    A login credential and a credential handed to this job (a job that submits another) both
+    say when they expire. Neither can be renewed here: a restricted credential cannot make
+    another, and the password is not at hand.
+    """
+    credential = source.app_credential
+    if credential is None:
+        return None
+    for path, stored in _stored_credentials(source, env):
+        lasts = credstore.expiry(stored)
+        if stored.id != credential.id or lasts is None:
+            continue
+        if lasts < needed:
+            remedy = (
+                "a job's credential cannot make another: submit this job with a smaller --queue-hours, "
+                "the first one with a larger one, or use a login credential (unset ALLASRUN_CREDENTIALS)"
+                if env.get("ALLASRUN_CREDENTIALS")
+                else "run 'allasrun login' again (jobs holding the old credential keep it)"
+            )
+            raise NoCredentials(
+                f"application credential {stored.id} ({path}) expires {stored.expires_at}, before this job "
+                f"can end (as late as {utc_text(needed)}: queue time, time limit and margin); {remedy}"
+            )
+        return lasts
+    return None
+
+
+def _stored_credentials(
+    source: TokenSource, env: Mapping[str, str]
+) -> list[tuple[Path, credstore.StoredCredential]]:
+    """The files the source's credential can have come from: the job's, then the login one."""
+    found = []
+    if env.get("ALLASRUN_CREDENTIALS"):
+        path = Path(env["ALLASRUN_CREDENTIALS"])
+        found.append((path, credstore.read(path)))
+    target = source.identity.target
+    login = credstore.load(paths.config_dir(env), target.project_name, target.auth_url)
+    return found + ([login] if login is not None else [])
+
+
+def _outside_any_run(env: Mapping[str, str]) -> dict[str, str]:
+    """Our environment less an enclosing allasrun's run variables, for the job to start afresh.
+
+    Submitted from under allasrun (`allasrun -- snakemake`), ALLASRUN_DIR would make the
+    job's guard skip allasrun, and RCLONE_CONFIG and the token name files on another node.
+    """
+    outer = env.get("ALLASRUN_DIR")
+    inherited = set(RUN_VARIABLES)
+    if outer:
+        inherited |= {"OS_AUTH_TOKEN", "OS_STORAGE_URL"}
+        if Path(env.get("RCLONE_CONFIG", "/")).parent == Path(outer):
+            inherited.add("RCLONE_CONFIG")
+    return {name: value for name, value in env.items() if name not in inherited}
+
+
+def _exported(job_env: Mapping[str, str]) -> list[str]:
+    """What the job's allasrun needs even under `--export=NONE`: its file, Keystone, its directories."""
+    return [name for name in JOB_VARIABLES if name in job_env]
 
 
 def _read(line: sbatchline.CommandLine, env: Mapping[str, str]) -> tuple[Optional[str], StagePlan]:
@@ -96,4 +238,4 @@ def _password_env(source: TokenSource, env: Mapping[str, str]) -> dict[str, str]
     secret = source.identity.secret
     if not isinstance(secret, Password):
         raise NoCredentials("--password-env needs the password in OS_PASSWORD (or typed at the terminal)")
-    return child_environment(env, {"OS_PASSWORD": secret.value}, keep_password=True)
+    return child_environment(_outside_any_run(env), {"OS_PASSWORD": secret.value}, keep_password=True)

@@ -12,12 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
-# sbatch options that take no value; every other option without `=` takes the next word.
+# sbatch options that take no value, or an optional one only after `=` (--nice[=N],
+# --propagate[=RLIMIT], --exclusive[=user], --get-user-env[=T]); every other option without
+# `=` takes the next word.
 FLAGS = {
     "--parsable", "--wait", "-W", "--hold", "-H", "--exclusive", "--requeue", "--no-requeue",
     "--test-only", "--quiet", "-Q", "--overcommit", "-O", "--contiguous", "--spread-job",
     "--use-min-nodes", "--ignore-pbs", "--no-kill", "-k", "--verbose", "-v", "--help", "-h",
     "--usage", "--version", "-V", "--get-user-env", "--oversubscribe", "-s", "--reboot",
+    "--nice", "--propagate",
 }  # fmt: skip
 _SHELLS = re.compile(r"(^|/)(env\s+)?(ba|z|k|da)?sh\b")
 
@@ -74,11 +77,46 @@ def _short_with_value(word: str) -> bool:
 
 def time_limit(line: CommandLine, script_text: str) -> Optional[float]:
     """The job's time limit in seconds, from the command line or `#SBATCH` lines."""
-    given = line.option("--time", "-t")
+    given = setting(line, script_text, "--time", "-t")
+    return parse_time(given) if given else None
+
+
+def setting(line: CommandLine, script_text: str, *names: str) -> Optional[str]:
+    """An option's value as sbatch settles it: the command line first, then the `#SBATCH` lines."""
+    given = line.option(*names)
     if given is None:
         for header in _sbatch_lines(script_text):
-            given = split(header).option("--time", "-t") or given
-    return parse_time(given) if given else None
+            given = split(header).option(*names) or given
+    return given
+
+
+def given(line: CommandLine, script_text: str, *names: str) -> bool:
+    """Whether any of these options is set, as a flag or with a value, on the command line or in `#SBATCH`."""
+    lines = [line, *(split(header) for header in _sbatch_lines(script_text))]
+    return any(one.has(*names) or one.option(*names) is not None for one in lines)
+
+
+def exporting(
+    line: CommandLine, script_text: str, env_export: Optional[str], names: Sequence[str]
+) -> CommandLine:
+    """The command line with `names` added to an `--export` that does not pass the whole environment.
+
+    `--export=NONE` or `--export=A,B` (on the command line, in SBATCH_EXPORT or in `#SBATCH`)
+    would keep the job from ever seeing its credentials file; the command line wins over the
+    other two, so the widened list goes there.
+    """
+    given = line.option("--export") or env_export or setting(line, script_text, "--export")
+    if given is None or given == "ALL" or given.startswith("ALL,"):
+        return line
+    listed = [] if given == "NONE" else given.split(",")
+    wanted = [*listed, *(name for name in names if name not in {item.split("=")[0] for item in listed})]
+    kept: list[str] = []
+    words = list(line.options)
+    for index, word in enumerate(words):
+        if word == "--export" or word.startswith("--export=") or (index and words[index - 1] == "--export"):
+            continue
+        kept.append(word)
+    return CommandLine((*kept, "--export=" + ",".join(wanted)), line.script, line.arguments)
 
 
 def parse_time(text: str) -> Optional[float]:

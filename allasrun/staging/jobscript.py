@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import shlex
+import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
-from allasrun.errors import UsageError
+from allasrun.errors import SlurmUnavailable, UsageError
 from allasrun.log import log
 from allasrun.slurm import facts
 from allasrun.staging import directives
 from allasrun.staging.plan import StagePlan, build
+
+BATCH_SCRIPT_RETRIES = (2.0, 5.0, 10.0)  # seconds between asks: a busy slurmctld times out
 
 
 def read(path: Union[str, Path]) -> str:
@@ -34,17 +39,72 @@ def discover_plan(env: Mapping[str, str]) -> StagePlan:
 
     Not in a job: no plan. Under an allasrun around the batch step, which stages the shared
     directives and its own node's: nothing on that node, the node-local part on the others.
+    An ALLASRUN_DIR inherited from where the job was submitted (a shell under allasrun) is
+    no allasrun of this job's, and changes nothing.
     """
     job = facts.job_id(env)
-    outer = env.get("ALLASRUN_DIR")
-    if job is None or (outer and env.get("ALLASRUN_NODE") == facts.node_name(env)):
+    if job is None:
         return StagePlan()
-    text = facts.batch_script(env)
+    enclosing = _enclosing(env)
+    if enclosing == "here":
+        return StagePlan()
+    text = _batch_script(env, job)
     if text is None:
-        log.debug("job %s: no batch script from scontrol; no #ALLAS staging", job)
         return StagePlan()
     plan = plan_of(text, f"job {job} batch script", env, strict=True)
-    return plan.part(node_local=True) if outer else plan
+    return plan.part(node_local=True) if enclosing == "elsewhere" else plan
+
+
+def _enclosing(env: Mapping[str, str]) -> Optional[str]:
+    """Where this job's enclosing allasrun runs: on this node ("here"), another of the job's, or none."""
+    outer, node = env.get("ALLASRUN_DIR"), env.get("ALLASRUN_NODE", "")
+    if not outer:
+        return None
+    if node == facts.node_name(env):
+        return "here" if (Path(outer) / "env").is_file() else None
+    nodelist = env.get("SLURM_JOB_NODELIST")
+    return "elsewhere" if nodelist is None or node in hostnames(nodelist) else None
+
+
+def hostnames(nodelist: str) -> list[str]:
+    """Slurm's compressed host list (`n[1-3,07],login1`) as names."""
+    names: list[str] = []
+    for item in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", nodelist):
+        found = re.search(r"\[([^\]]*)\]", item)
+        if found is None:
+            names.append(item)
+            continue
+        head, tail = item[: found.start()], item[found.end() :]
+        for part in found.group(1).split(","):
+            first, _, last = part.partition("-")
+            for number in range(int(first), int(last or first) + 1):
+                names.extend(head + str(number).zfill(len(first)) + rest for rest in hostnames(tail) or [""])
+    return names
+
+
+def _batch_script(env: Mapping[str, str], job: str) -> Optional[str]:
+    """The job's batch script from slurmctld, asked again while it is too busy to answer.
+
+    A job without its `#ALLAS` plan would run without inputs and lose its results, so a
+    failure is an error once the retries are spent; only a node without scontrol (a
+    container without Slurm) has no plan to find.
+    """
+    if shutil.which("scontrol", path=env.get("PATH")) is None:
+        log.debug("job %s: no scontrol on PATH; no #ALLAS staging", job)
+        return None
+    for delay in (*BATCH_SCRIPT_RETRIES, None):
+        text = facts.batch_script(env)
+        if text is not None:
+            return text
+        if delay is None:
+            break
+        log.warning("job %s: scontrol write batch_script failed; asking again in %.0f s", job, delay)
+        time.sleep(delay)
+    raise SlurmUnavailable(
+        f"job {job}: slurmctld did not give the job's batch script (scontrol write batch_script "
+        f"failed {len(BATCH_SCRIPT_RETRIES) + 1} times), so its #ALLAS directives are unknown; "
+        "not running without them"
+    )
 
 
 def plan_of(text: str, label: str, env: Mapping[str, str], strict: bool) -> StagePlan:

@@ -150,7 +150,7 @@ def build(
             local = _node_local(directive, destination, env)
             stage_in.append(StageIn(directive.where, bucket, key, destination, local))
         elif directive.verb == "stage-out":
-            bucket, key = _remote(directive, words[1], strict_name=True)
+            bucket, key = _remote(directive, words[1], strict_name=True, known=strict)
             stage_out.append(
                 StageOut(
                     directive.where,
@@ -176,6 +176,14 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * int(1024**power)
 
 
+def parse_segment_size(text: str) -> int:
+    """A segment size, checked now: Swift refuses a segment over 5 GiB only after every retry of it."""
+    size = _positive(parse_size(text))
+    if size > DEFAULT_SEGMENT:
+        raise ValueError(f"{text} is more than 5G, the largest object Allas stores (each segment is one)")
+    return size
+
+
 def _node_local(directive: Directive, path: str, env: Mapping[str, str]) -> bool:
     """Whether a local path is on this node only: `--node-local`, or under $TMPDIR or $LOCAL_SCRATCH.
 
@@ -189,8 +197,12 @@ def _node_local(directive: Directive, path: str, env: Mapping[str, str]) -> bool
     return any(normal == root or normal.startswith(root.rstrip("/") + "/") for root in roots)
 
 
-def _remote(directive: Directive, text: str, strict_name: bool) -> tuple[str, str]:
-    """`[allas:]bucket[/key]` split and checked against Swift (and, to create, S3) rules."""
+def _remote(directive: Directive, text: str, strict_name: bool, known: bool = True) -> tuple[str, str]:
+    """`[allas:]bucket[/key]` split and checked against Swift (and, to create, S3) rules.
+
+    Before the job (`known=False`) a bucket named after it (%j, %a, $VAR) cannot be checked
+    yet; the job checks it with its name filled in.
+    """
     name = text[len("allas:") :] if text.startswith("allas:") else text
     bucket, _, key = name.partition("/")
     if not bucket:
@@ -199,6 +211,8 @@ def _remote(directive: Directive, text: str, strict_name: bool) -> tuple[str, st
         raise directive.fail(f"bucket name {bucket!r} cannot be a pattern")
     if len(bucket.encode()) > 256:
         raise directive.fail(f"bucket name {bucket!r} is longer than Swift's 256 bytes")
+    if not known and _PLACEHOLDER.search(bucket):
+        return bucket, key
     if strict_name and (not _S3_BUCKET.match(bucket) or ".." in bucket):
         raise directive.fail(
             f"bucket name {bucket!r} breaks Allas's rules: 3-63 characters, lowercase letters, digits, "
@@ -216,7 +230,7 @@ def _settings(directive: Directive, words: Sequence[str], settings: Settings) ->
             elif name == "report":
                 settings = replace(settings, report=value)
             elif name == "segment-size":
-                settings = replace(settings, segment_size=_positive(parse_size(value)))
+                settings = replace(settings, segment_size=parse_segment_size(value))
             elif name == "threads":
                 settings = replace(settings, threads=_positive(int(value)))
             elif name == "retries":

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from allasrun.errors import DirectiveError
+from allasrun.errors import EXIT_UNAVAILABLE, DirectiveError, SlurmUnavailable
+from allasrun.slurm import facts
+from allasrun.staging import jobscript
 from allasrun.staging import plan as stageplan
 from allasrun.staging.directives import parse
 from allasrun.staging.plan import StageIn, StageOut, build, parse_size
@@ -162,3 +166,95 @@ def test_before_the_job_variables_only_the_job_has_stay_as_written() -> None:
     with pytest.raises(DirectiveError, match=r"\$TMPDIR is not set in the job's environment"):
         plan_of(text, {})
     assert plan_of(text, {}, strict=False).stage_in[0].destination == "$TMPDIR/"
+
+
+def test_before_the_job_a_script_naming_job_time_things_is_accepted() -> None:
+    """`allasrun sbatch` and `check` read the script on the login node, before any of these exist."""
+    text = (
+        "#ALLAS stage-in bkt/in.txt $LOCAL_SCRATCH/in/\n"
+        "#ALLAS stage-in bkt/ref/ ${TMPDIR}/ref/\n"
+        "#ALLAS stage-out $SLURM_SUBMIT_DIR/out/ bkt/out/\n"
+        "#ALLAS stage-out out/ results-%a/\n"
+        "#ALLAS stage-out out/ run-%j-$USER_TAG/x/\n"
+    )
+    plan = plan_of(text, {}, strict=False)
+    assert [s.bucket for s in plan.stage_out] == ["bkt", "results-%a", "run-%j-$USER_TAG"]
+    in_job = plan_of(
+        text, {**JOB, "LOCAL_SCRATCH": "/nvme", "TMPDIR": "/tmp/7", "SLURM_SUBMIT_DIR": "/w", "USER_TAG": "t"}
+    )
+    assert [s.bucket for s in in_job.stage_out] == ["bkt", "results-3", "run-123-t"]
+
+
+def test_a_bad_bucket_name_is_still_refused_before_the_job() -> None:
+    with pytest.raises(DirectiveError, match="breaks Allas's rules"):
+        plan_of("#ALLAS stage-out out/ Bad_Bucket/%j/\n", {}, strict=False)
+    with pytest.raises(DirectiveError, match="breaks Allas's rules"):
+        plan_of("#ALLAS stage-out out/ Bad_%a/\n", JOB)  # in the job, filled in: checked
+
+
+# --- the job's own plan, found through Slurm (discover_plan) -----------------------------------
+
+BATCH = "#!/bin/bash\n#ALLAS stage-in bkt/in.txt\n#ALLAS stage-in bkt/scratch.txt $TMPDIR/\ntrue\n"
+
+
+@pytest.fixture
+def in_a_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """A job on node c2, scontrol on PATH, slurmctld answering with BATCH (via `facts._run`)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setattr(facts, "_run", lambda command, env: BATCH)
+    monkeypatch.setattr(jobscript, "BATCH_SCRIPT_RETRIES", (0.0, 0.0))
+    return {
+        "SLURM_JOB_ID": "77",
+        "SLURMD_NODENAME": "c2",
+        "SLURM_JOB_NODELIST": "c[1-2]",
+        "TMPDIR": "/local/77",
+        "PATH": str(bin_dir),
+    }
+
+
+def test_an_allasrun_dir_inherited_from_the_submitting_shell_changes_nothing(
+    in_a_job: dict[str, str], tmp_path: Path
+) -> None:
+    """Submitted from under `allasrun -- snakemake` on login1: its run directory is not on this node."""
+    inherited = {**in_a_job, "ALLASRUN_DIR": str(tmp_path / "login-run"), "ALLASRUN_NODE": "login1"}
+    assert len(jobscript.discover_plan(inherited).stage_in) == 2
+    same_name = {**inherited, "ALLASRUN_NODE": "c2"}  # no env file there: no allasrun around us
+    assert len(jobscript.discover_plan(same_name).stage_in) == 2
+
+
+def test_under_this_jobs_allasrun_only_the_node_local_part_is_left(
+    in_a_job: dict[str, str], tmp_path: Path
+) -> None:
+    outer = tmp_path / "batch-run"
+    outer.mkdir()
+    (outer / "env").write_text("")
+    enclosed = {**in_a_job, "ALLASRUN_DIR": str(outer), "ALLASRUN_NODE": "c2"}
+    assert not jobscript.discover_plan(enclosed)
+    other_node = {**in_a_job, "ALLASRUN_DIR": str(outer), "ALLASRUN_NODE": "c1"}
+    assert [s.key for s in jobscript.discover_plan(other_node).stage_in] == ["scratch.txt"]
+
+
+def test_a_failing_scontrol_is_asked_again_then_an_error(
+    in_a_job: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = iter([None, None, BATCH])
+    monkeypatch.setattr(facts, "_run", lambda command, env: next(answers))
+    assert len(jobscript.discover_plan(in_a_job).stage_in) == 2  # the third ask got it
+    monkeypatch.setattr(facts, "_run", lambda command, env: None)
+    with pytest.raises(SlurmUnavailable, match="job 77: slurmctld did not give") as caught:
+        jobscript.discover_plan(in_a_job)
+    assert caught.value.exit_code == EXIT_UNAVAILABLE
+
+
+def test_without_scontrol_there_is_no_plan_to_find(in_a_job: dict[str, str]) -> None:
+    """A container without Slurm's commands: `allasrun -- CMD` runs as outside a job."""
+    assert not jobscript.discover_plan({**in_a_job, "PATH": "/nonexistent"})
+
+
+def test_slurm_host_lists() -> None:
+    assert jobscript.hostnames("c[1-3,07],login1,g[01-02]x") == [
+        "c1", "c2", "c3", "c07", "login1", "g01x", "g02x"
+    ]  # fmt: skip

@@ -42,8 +42,7 @@ def test_script_gets_a_guard_before_its_first_command_and_options_pass_through(
 ) -> None:
     text = "#!/bin/bash\n#SBATCH -t 10\n\n#ALLAS stage-in b/x\necho hello\n"
     line = sbatchline.split(["-J", "name", "--hold", "job.sh", "arg1"])
-    status, job = submit.submit(line, text, fake_env)
-    assert (status, job) == (0, "4242")
+    assert submit.submit(line, text, fake_env) == submit.Submitted(0, "4242")
     argv = _argv(tmp_path)
     assert argv[:3] == ["-J", "name", "--hold"]
     assert argv[3].endswith("/job.sh") and argv[4:] == ["arg1"]  # same name: same default job name
@@ -58,7 +57,7 @@ def test_parsable_output_with_a_cluster_name_gives_the_job_id(
 ) -> None:
     fake_env["REPLY_LINE"] = "777;cluster2"
     line = sbatchline.split(["--parsable", "job.sh"])
-    assert submit.submit(line, "#!/bin/sh\ntrue\n", fake_env) == (0, "777")
+    assert submit.submit(line, "#!/bin/sh\ntrue\n", fake_env) == submit.Submitted(0, "777", "cluster2")
 
 
 def test_wrap_runs_the_wrapped_command_under_allasrun(tmp_path: Path, fake_env: dict[str, str]) -> None:
@@ -90,5 +89,39 @@ def test_the_wrapped_guard_runs_the_script_under_allasrun_only_once(tmp_path: Pa
 def test_a_missing_sbatch_is_exit_127_not_a_traceback(tmp_path: Path) -> None:
     line = sbatchline.split(["job.sh"])
     env = {"PATH": str(tmp_path)}  # no sbatch here
-    assert submit.submit(line, "#!/bin/sh\ntrue\n", env) == (EXIT_NOT_FOUND, "")
+    assert submit.submit(line, "#!/bin/sh\ntrue\n", env) == submit.Submitted(EXIT_NOT_FOUND)
     assert not os.path.exists(tmp_path / "argv")
+
+
+@pytest.mark.parametrize(
+    ("output", "job", "cluster"),
+    [
+        ("Submitted batch job 4242\n", "4242", ""),
+        ("Submitted batch job 4242 on cluster mahti\n", "4242", "mahti"),
+        ("4242;mahti\n", "4242", "mahti"),
+        ("Submitted batch job 4242\nRemember to cite the cluster: doi 10.1/x 99\n", "4242", ""),
+        ("site notice: queue is busy\nSubmitted batch job 4242\n", "4242", ""),
+        ("sbatch: warning: something 77\n", "", ""),
+        ("", "", ""),
+    ],
+    ids=["plain", "on-cluster", "parsable-cluster", "line-after", "line-before", "no-id", "nothing"],
+)
+def test_the_job_id_is_read_from_sbatchs_own_line_only(
+    tmp_path: Path, fake_env: dict[str, str], output: str, job: str, cluster: str
+) -> None:
+    fake = Path(fake_env["PATH"].split(":")[0]) / "sbatch"
+    fake.write_text(f"#!/bin/sh\nprintf %s {shlex.quote(output)}\n")
+    heard: list[submit.Submitted] = []
+    found = submit.submit(sbatchline.split(["job.sh"]), "#!/bin/sh\ntrue\n", fake_env, heard.append)
+    assert (found.job_id, found.cluster) == (job, cluster)
+    assert [h.job_id for h in heard] == ([job] if job else [])
+
+
+def test_quiet_asks_sbatch_for_the_id_and_passes_nothing_on(
+    tmp_path: Path, fake_env: dict[str, str], capfd: pytest.CaptureFixture[str]
+) -> None:
+    found = submit.submit(sbatchline.split(["-Q", "job.sh"]), "#!/bin/sh\ntrue\n", fake_env)
+    argv = _argv(tmp_path)
+    assert "-Q" not in argv and "--parsable" in argv
+    assert found.job_id == "4242"
+    assert capfd.readouterr().out == ""
