@@ -54,7 +54,7 @@ def run(options: LaunchOptions, env: Mapping[str, str]) -> int:
     executable = resolve(options.command[0], env)
     where = step.place(env, stages=bool(options.plan))
     if not where.leads:
-        return _on_shared_files(where, executable, options.command, env)
+        return _on_shared_files(where, executable, options, env)
     mine = options.plan if where.stages_shared else options.plan.part(node_local=True)
     sync = _node_sync(where, options.plan, env)
     with step.leading(where) as directory, sync as nodes, _authenticate(options, env) as source:
@@ -92,10 +92,12 @@ def _lead(
     """Write the files, fork, keep, stage in, exec, wait, stage out, report."""
     user_config = paths.user_rclone_config(env) if options.update_user_config else None
     target, credential = source.identity.target, source.app_credential
-    files = ClientFiles(directory, options.remote, target, credential, user_config, node_name(env))
+    files = ClientFiles(
+        directory, options.remote, target, credential, user_config, node_name(env), source.lasting
+    )
     files.write(source.token)
     source.on_renew(files.write)
-    child = Supervisor()
+    child = Supervisor.for_job(env, options.plan.settings.grace)
     pid = child.prepare(executable, options.command)
     staging = StagingRun(options.plan, source, options.workdir)
     with Keeper(source):
@@ -109,8 +111,9 @@ def _lead(
         timer = _deadline(options.plan, env, child)
         status = child.wait(timer, timer.on_signal if timer else None)
         log.info("%s exited with status %d after %d renewal(s)", options.command[0], status, source.renewals)
-        step.await_followers(where)  # the node's other tasks still use these files
-        nodes.commands_done()  # and shared results come from every node
+        overdue = timer.overdue if timer else step.never
+        step.await_followers(where, overdue=overdue)  # the node's other tasks still use these files
+        nodes.commands_done(overdue)  # and shared results come from every node
         final = staging.stage_out(status).exit_status
         return staging.finish(status if final is None else final, status)
 
@@ -134,32 +137,33 @@ def _node_sync(where: Placement, plan: StagePlan, env: Mapping[str, str]) -> Nod
 
 
 def _on_shared_files(
-    where: Placement, executable: str, command: Sequence[str], env: Mapping[str, str]
+    where: Placement, executable: str, options: LaunchOptions, env: Mapping[str, str]
 ) -> int:
     """Run the command on the files another allasrun keeps current: no Keystone call at all.
 
     That allasrun encloses this one (around the batch script, with `srun allasrun -- cmd`
-    inside) or leads this node's tasks of the step; its keeper renews what we read here.
+    inside) or leads this node's tasks of the step; its keeper renews what we read here. A
+    follower keeps the deadline too: its command writes results the leader uploads.
     """
     role = where.role
     if where.enclosed or role is None:
         log.info("reusing the token and files of the enclosing allasrun in %s", where.directory)
         rclone_config = env.get("RCLONE_CONFIG") or str(where.directory / "rclone.conf")
-        return _run_with(where.directory, rclone_config, executable, command, env)
-    status = step.await_leader(where.directory)
+        return _run_with(where.directory, rclone_config, executable, options, env)
+    status = step.await_leader(where.directory, role.local_id)
     if status is not None:
         log.error("task %d: the step's leader stopped with status %d; not starting", role.proc_id, status)
         return status
     status = 1
     try:
-        status = _run_with(where.directory, str(where.directory / "rclone.conf"), executable, command, env)
+        status = _run_with(where.directory, str(where.directory / "rclone.conf"), executable, options, env)
     finally:
         step.mark_done(where.directory, role.local_id, status)
     return status
 
 
 def _run_with(
-    directory: Path, rclone_config: str, executable: str, command: Sequence[str], env: Mapping[str, str]
+    directory: Path, rclone_config: str, executable: str, options: LaunchOptions, env: Mapping[str, str]
 ) -> int:
     files = {
         "RCLONE_CONFIG": rclone_config,
@@ -167,7 +171,8 @@ def _run_with(
         "ALLASRUN_DIR": str(directory),
         "ALLASRUN_NODE": node_name(env),
     }
-    child = Supervisor()
-    child.prepare(executable, command)
+    child = Supervisor.for_job(env, options.plan.settings.grace)
+    child.prepare(executable, options.command)
     child.start(child_environment(env, {**files, **read_env(directory / "env")}))
-    return child.wait()
+    timer = _deadline(options.plan, env, child)
+    return child.wait(timer, timer.on_signal if timer else None)

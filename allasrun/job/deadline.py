@@ -82,6 +82,17 @@ class Deadline:
             self._send(self.signum)
         self.signalled_at = self._clock()
 
+    def overdue(self) -> bool:
+        """Whether the command would have been killed by now (end - lead + grace).
+
+        The leader's waits for the step's other tasks and nodes end here: beyond this point,
+        waiting longer for someone silent only loses the stage-out.
+        """
+        now = self._clock()
+        if now - self._read_at >= RECHECK:
+            self._read(now)
+        return self._end is not None and now >= self._end - self._effective_lead + self.grace
+
     def _read(self, now: float) -> None:
         window = self._window()
         self._read_at = now

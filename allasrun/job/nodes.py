@@ -5,20 +5,22 @@ alone; the other nodes must not start their command before those inputs are in, 
 leader must not upload before every node's command has ended. They meet in a directory on the
 shared home (`paths.shared_dir`): the job leader writes `ready` (`go`, or the status that
 stops everyone), every other node leader writes `done-<node>` on its way out, whatever its
-way out was, and the job leader removes the directory once all have. A node that dies without a word (SIGKILL)
-leaves the others waiting until Slurm ends the step.
+way out was, and the job leader removes the directory once all have. A node that dies without
+a word (SIGKILL) keeps the job leader waiting until the deadline, no longer.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
 from allasrun import paths
 from allasrun.atomicfile import write_atomic
 from allasrun.errors import UnsafeFile
-from allasrun.job.step import POLL, Step
+from allasrun.job.step import POLL, Step, never
+from allasrun.log import log
 
 
 class NodeSync:
@@ -46,12 +48,19 @@ class NodeSync:
         word = ready.read_text().strip()
         return None if word == "go" else int(word)
 
-    def commands_done(self) -> None:
-        """Job leader: wait until every other node's command has ended (before shared stage-out)."""
+    def commands_done(self, overdue: Callable[[], bool] = never) -> None:
+        """Job leader: wait until every other node's command has ended (before shared stage-out).
+
+        Not beyond the deadline (`overdue`): a node killed without a word never says done,
+        and every other node's own deadline has stopped its command by then.
+        """
         if self._directory is None or self._role is None or not self._role.stages_shared:
             return
         others = [n for n in range(self._role.nodes) if n != self._role.node_id]
         while not all((self._directory / f"done-{n}").exists() for n in others):
+            if overdue():
+                log.warning("past the deadline: staging out without waiting for the other nodes")
+                return
             time.sleep(POLL)
 
     def __enter__(self) -> NodeSync:

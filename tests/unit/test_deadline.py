@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
 from typing import Optional
 
+import pytest
+
 from allasrun.job.deadline import RECHECK, Deadline
+from allasrun.slurm import facts
 
 LEAD, GRACE = 600.0, 60.0
 
@@ -121,3 +127,75 @@ def test_outside_a_job_it_only_rechecks() -> None:
     assert job.readings == 2
     assert job.sent == []
     assert deadline.signalled_at is None
+
+
+def _squeue_says(monkeypatch: pytest.MonkeyPatch, answer: Optional[str]) -> list[list[str]]:
+    """Fake the Slurm runner: squeue answers `answer` (None: it failed); the calls made."""
+    calls: list[list[str]] = []
+
+    def run(command: list[str], env: Mapping[str, str]) -> Optional[str]:
+        calls.append(command)
+        return answer if command[0] == "squeue" else None
+
+    monkeypatch.setattr(facts, "_run", run)
+    return calls
+
+
+def _local(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp()
+
+
+FROZEN = {"SLURM_JOB_ID": "7", "SLURM_JOB_START_TIME": "1000", "SLURM_JOB_END_TIME": "4600"}
+
+
+def test_a_time_limit_extended_after_the_start_wins_over_the_frozen_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SLURM_JOB_END_TIME is set once, at job start; `scontrol update TimeLimit=+1-0` moves squeue's."""
+    _squeue_says(monkeypatch, "2026-01-01T10:00:00 2026-01-02T11:00:00\n")
+    window = facts.time_window(FROZEN)
+    assert window is not None and window[1] == _local("2026-01-02T11:00:00")
+
+
+def test_the_variables_serve_when_squeue_cannot_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _squeue_says(monkeypatch, None)
+    assert facts.time_window(FROZEN) == (1000.0, 4600.0)
+    assert calls and calls[0][0] == "squeue"
+    _squeue_says(monkeypatch, "N/A N/A\n")
+    assert facts.time_window(FROZEN) == (1000.0, 4600.0)
+
+
+def test_without_the_variables_squeue_gives_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    _squeue_says(monkeypatch, "2026-01-01T10:00:00 2026-01-01T11:00:00\n")
+    assert facts.time_window({"SLURM_JOB_ID": "7"}) == (
+        _local("2026-01-01T10:00:00"),
+        _local("2026-01-01T11:00:00"),
+    )
+    _squeue_says(monkeypatch, None)
+    assert facts.time_window({"SLURM_JOB_ID": "7"}) is None
+
+
+@pytest.mark.parametrize(
+    ("line", "whole"),
+    [
+        ("ProctrackType=proctrack/linuxproc", True),
+        ("ProctrackType=proctrack/cgroup", True),
+        ("proctracktype = proctrack/pgid", False),
+        ("# ProctrackType=proctrack/pgid", True),
+    ],
+)
+def test_whether_slurmstepd_signals_every_process_of_a_step(tmp_path: Path, line: str, whole: bool) -> None:
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(f"ClusterName=mini\n{line}\n")
+    assert facts.signals_reach_whole_step({"SLURM_CONF": str(conf)}) is whole
+    assert facts.signals_reach_whole_step({"SLURM_CONF": str(tmp_path / "none")}) is True  # the default
+
+
+def test_overdue_once_the_command_would_have_been_killed() -> None:
+    job = Job()
+    deadline = job.deadline()
+    job.now = 9_400.0 + GRACE - 1  # signal at 10 000 - 600, kill a grace later
+    assert not deadline.overdue()
+    job.now = 9_400.0 + GRACE
+    assert deadline.overdue()
+    assert not Job(end=None).deadline().overdue()

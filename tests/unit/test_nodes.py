@@ -84,3 +84,18 @@ def test_a_shared_directory_that_cannot_be_made_is_one_clear_error(tmp_path: Pat
     (tmp_path / "file").write_text("not a directory\n")
     with pytest.raises(UnsafeFile, match="cannot make the step's shared directory"):
         NodeSync(tmp_path / "file" / "step-7.0", _role(1))
+
+
+def test_the_job_leader_stops_waiting_for_a_silent_node_at_the_deadline(tmp_path: Path) -> None:
+    """A node SIGKILLed never says done; past the deadline the job leader stages out anyway."""
+    leader = NodeSync(tmp_path / "s", _role(0))
+    returned: list[str] = []
+
+    def wait() -> None:
+        leader.commands_done(lambda: True)
+        returned.append("returned")
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    thread.join(20)
+    assert returned == ["returned"]
