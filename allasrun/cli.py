@@ -4,6 +4,7 @@
 subcommand name runs `exec`.
 """
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -138,13 +139,13 @@ def _plan(
     strict: bool,
 ) -> StagePlan:
     """The script's stage plan with command-line settings on top (they win)."""
-    from allasrun.staging import jobscript, parse_size
+    from allasrun.staging import jobscript, parse_segment_size
 
     plan = jobscript.load_plan(script, os.environ, strict) if script else jobscript.discover_plan(os.environ)
     size = None
     if segment_size is not None:
         try:
-            size = parse_size(segment_size)
+            size = parse_segment_size(segment_size)
         except ValueError as error:
             raise UsageError(f"--segment-size: {error}") from None
     return plan.overridden(threads=threads, segment_size=size, report=report)
@@ -248,13 +249,15 @@ def main() -> None:
     except OSError as error:
         _fail(LocalFileError.of(error, "use"), EXIT_LOCAL_FILE)
     except Exception as error:  # the last line of defence, by design
-        logsetup.log.debug("traceback of the defect below", exc_info=True)
         defect = f"{type(error).__name__}: {error}"
-        _fail(f"internal error (a defect in allasrun, please report it): {defect}", EXIT_SOFTWARE)
+        _fail(f"internal error (a defect in allasrun, please report it): {defect}", EXIT_SOFTWARE, error)
 
 
-def _fail(error: object, code: int) -> None:
-    if not logsetup.log.handlers:  # failed before the command configured the log
-        logsetup.configure(0)
+def _fail(error: object, code: int, defect: Optional[BaseException] = None) -> None:
+    """One line on the current stderr, at the level the command set (-v keeps the traceback)."""
+    verbose = logsetup.log.level == logging.DEBUG
+    logsetup.configure(1 if verbose else 0)
+    if defect is not None:
+        logsetup.log.debug("the defect's traceback:", exc_info=defect)
     logsetup.log.error("error: %s", error)
     sys.exit(code)

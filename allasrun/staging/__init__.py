@@ -9,7 +9,7 @@ stages nothing starts without it.
 from typing import TYPE_CHECKING, Any
 
 from allasrun.staging import jobscript
-from allasrun.staging.plan import Settings, StagePlan, parse_size
+from allasrun.staging.plan import Settings, StagePlan, parse_segment_size
 from allasrun.staging.result import StageResult
 from allasrun.staging.run import StagingRun
 from allasrun.staging.transfer import MIB
@@ -26,7 +26,7 @@ __all__ = [
     "StagingRun",
     "jobscript",
     "look_up",
-    "parse_size",
+    "parse_segment_size",
 ]
 
 

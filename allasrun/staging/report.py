@@ -1,4 +1,4 @@
-"""The JSON report: allasrun's and the command's exit status, and every transfer."""
+"""The JSON report: allasrun's and the command's exit status, every transfer and how it was verified."""
 
 from __future__ import annotations
 

@@ -22,14 +22,27 @@ EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 class RemoteObject:
     """One listed object: its real size and its ETag.
 
-    The ETag is the content's MD5, except for a static large object (slo=True), whose ETag
-    is the MD5 of its segments' MD5s (`slo_etag`).
+    The ETag (`md5`) is the content's MD5 for an object uploaded in one piece. A static large
+    object's (slo=True) and a dynamic large object's (`dlo`, its `X-Object-Manifest`
+    `container/prefix`, as rclone's chunked files are) is the MD5 of its segments' MD5s
+    (`slo_etag`); an S3 multipart upload's is `md5-N` (`multipart_etag`).
     """
 
     name: str
     size: int
     md5: str
     slo: bool = False
+    dlo: str = ""
+
+    @property
+    def large(self) -> bool:
+        """Whether the object is made of segments that the store can list."""
+        return self.slo or bool(self.dlo)
+
+    @property
+    def folder(self) -> bool:
+        """A folder marker: the zero-byte `name/` that web consoles make for "create folder"."""
+        return self.name.endswith("/") and self.size == 0
 
 
 @dataclass(frozen=True)
@@ -42,8 +55,14 @@ class Segment:
 
 
 def slo_etag(segments: Sequence[Segment]) -> str:
-    """A static large object's ETag, as Swift and RGW compute it from its segments."""
+    """A large object's ETag (SLO or DLO), as Swift and RGW compute it from its segments."""
     return hashlib.md5("".join(s.md5 for s in segments).encode()).hexdigest()
+
+
+def multipart_etag(part_md5s: Sequence[str]) -> str:
+    """An S3 multipart upload's ETag: the MD5 of its parts' binary MD5s, `-` the part count."""
+    joined = b"".join(bytes.fromhex(md5) for md5 in part_md5s)
+    return f"{hashlib.md5(joined).hexdigest()}-{len(part_md5s)}"
 
 
 class Credentials(Protocol):
@@ -78,7 +97,7 @@ class Store(Protocol):
         ...
 
     def segments(self, bucket: str, obj: RemoteObject) -> list[Segment]:
-        """A static large object's segments in order; [] when the store cannot tell them."""
+        """A large object's segments in order (SLO or DLO); [] when the store cannot tell them."""
         ...
 
     def download(self, bucket: str, name: str) -> tuple[dict[str, str], Iterator[bytes]]:

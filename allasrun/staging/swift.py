@@ -5,7 +5,13 @@ RADOS Gateway, which Allas runs. RGW lists a static large object by its manifest
 manifest's size, the MD5 of nothing, no `slo_etag`) and answers `?multipart-manifest=get`
 with an empty body; the object is then asked about with a HEAD, and its segments are found
 by listing `<bucket>_segments` (the layout allasrun and the swift CLI upload) and kept only
-if they add up to the object's size and ETag.
+if they add up to the object's size and ETag. Both list a dynamic large object (rclone's chunked
+files: a zero-byte manifest with `X-Object-Manifest`) as an empty object, so every empty
+object that is not a folder marker is asked about with a HEAD too; a DLO's segments are the
+objects under its manifest's prefix.
+
+Every request has a timeout (`TIMEOUT`: connect, and each read of the socket), so a server
+that stops answering fails the call instead of hanging the job.
 
 The only module that imports swiftclient. A keystoneauth plugin hands swiftclient the
 source's current token; on a 401 swiftclient calls `invalidate`, which asks the source for a
@@ -21,6 +27,7 @@ import json
 import threading
 from collections.abc import Iterator
 from typing import Any, BinaryIO, Callable, Optional
+from urllib.parse import unquote
 
 import urllib3
 from keystoneauth1 import plugin as ks_plugin
@@ -31,6 +38,10 @@ from swiftclient.utils import LengthWrapper
 
 from allasrun.errors import BucketMissing, StoreError
 from allasrun.staging.store import CHUNK, EMPTY_MD5, Credentials, RemoteObject, Segment, slo_etag
+
+# Seconds to connect, and to wait for each read of the socket (not the whole transfer). Allas
+# answers in well under a second; a minute of silence is a stalled connection.
+TIMEOUT = (20.0, 60.0)
 
 
 class _SourceAuth(ks_plugin.BaseAuthPlugin):
@@ -54,17 +65,22 @@ class _SourceAuth(ks_plugin.BaseAuthPlugin):
 class SwiftStore:
     """Object storage operations for the stager; safe to use from many threads."""
 
-    def __init__(self, credentials: Credentials, retries: int = 3) -> None:
+    def __init__(
+        self, credentials: Credentials, retries: int = 3, timeout: tuple[float, float] = TIMEOUT
+    ) -> None:
         self._credentials = credentials
         self._session = ks_session.Session(auth=_SourceAuth(credentials))
         self._retries = retries
+        self._timeout = timeout
         self._local = threading.local()
 
     def _conn(self) -> swift.Connection:
         """One connection per thread: swiftclient's are not thread-safe."""
         conn: Optional[swift.Connection] = getattr(self._local, "conn", None)
         if conn is None:
-            conn = swift.Connection(session=self._session, retries=self._retries, starting_backoff=1)
+            conn = swift.Connection(
+                session=self._session, retries=self._retries, starting_backoff=1, timeout=self._timeout
+            )
             self._local.conn = conn
         return conn
 
@@ -85,15 +101,25 @@ class SwiftStore:
         return [self._listed(bucket, row) for row in rows if "subdir" not in row]
 
     def _listed(self, bucket: str, row: dict[str, Any]) -> RemoteObject:
-        """One listing row as an object; what RGW lists as a manifest is looked up."""
+        """One listing row as an object; what may be a manifest is looked up."""
         name, size = row["name"], int(row["bytes"])
         if "slo_etag" in row:  # Swift: the object's ETag beside the manifest's hash
             return RemoteObject(name, size, row["slo_etag"].strip('"'), slo=True)
-        if row["hash"] == EMPTY_MD5 and size > 0:  # RGW: a large object, listed by its manifest
-            headers = self._call(f"look up {self._url(bucket, name)}", self._conn().head_object, bucket, name)
-            large = headers.get("x-static-large-object", "").lower() == "true"
-            return RemoteObject(name, int(headers["content-length"]), headers["etag"].strip('"'), large)
-        return RemoteObject(name, size, row["hash"])
+        listed = RemoteObject(name, size, row["hash"])
+        if row["hash"] != EMPTY_MD5 or listed.folder:
+            return listed
+        # RGW lists an SLO by its manifest (a size, the MD5 of nothing); both list a DLO as empty
+        headers = self._call(f"look up {self._url(bucket, name)}", self._conn().head_object, bucket, name)
+        real = int(headers["content-length"])
+        etag = headers["etag"].strip('"')
+        if headers.get("x-static-large-object", "").lower() == "true":
+            return RemoteObject(name, real, etag, slo=True)
+        manifest = unquote(headers.get("x-object-manifest", ""))
+        return (
+            RemoteObject(name, real, etag, dlo=manifest)
+            if manifest and real
+            else RemoteObject(name, real, etag)
+        )
 
     def bucket_exists(self, bucket: str) -> bool:
         """Whether the bucket (container) exists."""
@@ -111,7 +137,9 @@ class SwiftStore:
             self._call(f"create {self._url(bucket)}", self._conn().put_container, bucket)
 
     def segments(self, bucket: str, obj: RemoteObject) -> list[Segment]:
-        """The segments of a static large object in order; [] if they cannot be known."""
+        """The segments of a large object in order; [] if they cannot be known."""
+        if obj.dlo:
+            return self._dlo_segments(obj.dlo)
         _, body = self._call(
             f"read the manifest of {self._url(bucket, obj.name)}",
             self._conn().get_object,
@@ -124,6 +152,18 @@ class SwiftStore:
                 Segment(row["name"].lstrip("/"), int(row["bytes"]), row["hash"]) for row in json.loads(body)
             ]
         return self._segments_by_name(f"{bucket}_segments", obj)  # RGW: an empty body
+
+    def _dlo_segments(self, manifest: str) -> list[Segment]:
+        """A DLO's segments: every object under its manifest's `container/prefix`.
+
+        In name order, the order in which Swift and RGW join them.
+        """
+        container, _, prefix = manifest.partition("/")
+        try:
+            listed = self.listing(container, prefix)
+        except BucketMissing:
+            return []
+        return [Segment(f"{container}/{part.name}", part.size, part.md5) for part in listed]
 
     def _segments_by_name(self, container: str, obj: RemoteObject) -> list[Segment]:
         """The segments under `<name>/slo/<stamp>/<size>/<segment size>/<index>` that make `obj`.

@@ -20,7 +20,14 @@ PROBLEMS = (FAILED, REFUSED, MISSING)
 
 @dataclass
 class Transfer:
-    """One file or object moved (or not), for the JSON report and the summary."""
+    """One file or object moved (or not), for the JSON report and the summary.
+
+    `verified` says what the content was checked by, after its size: "md5" (the whole MD5
+    against the ETag), "md5 per segment" (each segment of a large object against its listed
+    MD5), "md5 per part" (an S3 multipart ETag reproduced), "size" (the server vouched for
+    nothing more); "" when nothing was verified (failed, missing, cancelled). A skipped transfer
+    says what proved the two copies identical.
+    """
 
     direction: str
     where: str
@@ -31,6 +38,7 @@ class Transfer:
     seconds: float = 0.0
     status: str = FAILED
     error: str = ""
+    verified: str = ""
 
 
 def problems(transfers: Sequence[Transfer]) -> list[Transfer]:

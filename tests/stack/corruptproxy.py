@@ -1,7 +1,10 @@
-"""A TCP proxy between allasrun and Swift that flips one byte in chosen downloads.
+"""A TCP proxy between allasrun and Swift that damages or stalls chosen responses.
 
-It stands in for a bad disk, network or cache: the data path is the real Swift, the damage
-is real bytes on the wire, and only GETs of objects whose path contains a marker are hit.
+It stands in for a bad disk, network or cache, or for a server that stops answering: the data
+path is the real Swift (or radosgw), the damage is real bytes on the wire, and only requests
+whose path (before `?`) contains a marker are hit. A flipped byte hits the first GET of such a
+path per connection; a stall forwards the first `stall_after` bytes of the response (headers
+included) and then nothing more, holding the connection open, as a dead middlebox would.
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ from typing import Optional
 
 
 class CorruptingProxy:
-    """Listens on 127.0.0.1; forwards to `upstream`; damages GET responses for `marker`."""
+    """Listens on 127.0.0.1; forwards to `upstream`; damages (or stalls) responses for `marker`."""
 
-    def __init__(self, upstream_port: int, marker: bytes) -> None:
+    def __init__(self, upstream_port: int, marker: bytes, stall_after: Optional[int] = None) -> None:
         self.upstream_port = upstream_port
         self.marker = marker
+        self.stall_after = stall_after
         self.hits = 0
+        self.stalled = threading.Event()  # set once a response has been cut off
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self._stop = threading.Event()
+        self._held: list[socket.socket] = []
 
     def __enter__(self) -> CorruptingProxy:
         threading.Thread(target=self._accept, daemon=True).start()
@@ -33,6 +39,9 @@ class CorruptingProxy:
     ) -> None:
         self._stop.set()
         self.listener.close()
+        for sock in self._held:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -41,24 +50,28 @@ class CorruptingProxy:
             except OSError:
                 return
             server = socket.create_connection(("127.0.0.1", self.upstream_port))
-            state = {"corrupt": False}
+            self._held += [client, server]
+            state = {"hit": False}
             threading.Thread(target=self._requests, args=(client, server, state), daemon=True).start()
             threading.Thread(target=self._responses, args=(server, client, state), daemon=True).start()
 
     def _requests(self, source: socket.socket, target: socket.socket, state: dict[str, bool]) -> None:
         while data := _recv(source):
-            path = (
-                data.split(b"\r\n", 1)[0].split(b" ")[1].split(b"?")[0] if data.startswith(b"GET ") else b""
-            )
-            if self.marker in path:
-                state["corrupt"] = True
-            target.sendall(data)
+            method, _, rest = data.partition(b" ")
+            path = rest.split(b" ", 1)[0].split(b"?")[0]
+            if self.marker in path and (method == b"GET" or self.stall_after is not None):
+                state["hit"] = True
+            if not _send(target, data):
+                break
         _close(target)
 
     def _responses(self, source: socket.socket, target: socket.socket, state: dict[str, bool]) -> None:
+        if self.stall_after is not None:
+            self._stall(source, target, state)
+            return
         in_body = False
         while data := _recv(source):
-            if state["corrupt"]:
+            if state["hit"]:
                 spot = 0
                 if not in_body:
                     end = data.find(b"\r\n\r\n")
@@ -66,9 +79,27 @@ class CorruptingProxy:
                     spot = end + 4
                 if in_body and spot < len(data):
                     data = data[:spot] + bytes([data[spot] ^ 0xFF]) + data[spot + 1 :]
-                    state["corrupt"] = in_body = False
+                    state["hit"] = in_body = False
                     self.hits += 1
-            target.sendall(data)
+            if not _send(target, data):
+                break
+        _close(target)
+
+    def _stall(self, source: socket.socket, target: socket.socket, state: dict[str, bool]) -> None:
+        """Forward until a marked response has sent `stall_after` bytes, then go silent."""
+        sent = 0
+        while data := _recv(source):
+            if state["hit"]:
+                assert self.stall_after is not None
+                data = data[: max(self.stall_after - sent, 0)]
+                sent += len(data)
+                if sent >= self.stall_after:
+                    _send(target, data)
+                    self.hits += 1
+                    self.stalled.set()
+                    return  # the upstream connection stays open and unread: a stall, not a reset
+            if not _send(target, data):
+                break
         _close(target)
 
 
@@ -77,6 +108,15 @@ def _recv(sock: socket.socket) -> bytes:
         return sock.recv(65536)
     except OSError:
         return b""
+
+
+def _send(sock: socket.socket, data: bytes) -> bool:
+    """Whether `data` went out: the client may have hung up on a response it found damaged."""
+    try:
+        sock.sendall(data)
+    except OSError:
+        return False
+    return True
 
 
 def _close(sock: socket.socket) -> None:

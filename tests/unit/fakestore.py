@@ -4,10 +4,14 @@ The stager's rules (verify, retry, skip identical, clean up segments) are tested
 server. That only proves something if the fake answers as Swift does where the stager relies
 on it: a missing bucket is `BucketMissing` when listed; a static large object (SLO) is listed
 with its total size and the MD5 of its segments' MD5 hex strings (not the content's MD5), its
-manifest names segments `bucket/name`, and downloading it streams the segments' bytes; an
-upload reads exactly `size` bytes from the file's position. Faults are deterministic: errors
-queued for the next calls of a method, a byte flipped in a download, a wrong ETag stored on
-upload, and a hook run before every call. Every call is logged as (method, bucket, name).
+manifest names segments `bucket/name`, and downloading it streams the segments' bytes; a
+dynamic large object (DLO, rclone's chunked files) is listed as `SwiftStore` resolves it (its
+real size, the same kind of ETag, its `X-Object-Manifest` prefix) and streams whatever lies
+under that prefix when downloaded; an S3 multipart upload has an `md5-N` ETag; an upload
+reads exactly `size` bytes from the file's position. Faults are deterministic: errors queued
+for the next calls of a method, a byte flipped in a download, a download that breaks after its
+first chunk, a wrong ETag stored on upload, and a hook run before every call. Every call is
+logged as (method, bucket, name).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Optional
 
 from allasrun.errors import BucketMissing, StoreError
-from allasrun.staging.store import RemoteObject, Segment, slo_etag
+from allasrun.staging.store import RemoteObject, Segment, multipart_etag, slo_etag
 
 
 def md5(data: bytes) -> str:
@@ -39,6 +43,7 @@ class Stored:
     data: bytes
     etag: str
     manifest: Optional[list[Segment]] = None
+    dlo: str = ""  # a DLO's `container/prefix`
 
 
 class FakeStore:
@@ -49,6 +54,7 @@ class FakeStore:
         self.calls: list[tuple[str, str, str]] = []
         self.chunk = chunk  # bytes per downloaded chunk: not a divisor of segment sizes on purpose
         self.corrupt: set[str] = set()  # object names whose download has one byte flipped
+        self.broken: set[str] = set()  # object names whose download breaks after its first chunk
         self.bad_etag: set[str] = set()  # an upload of a name starting with one gets a wrong ETag
         self.before: Optional[Callable[[str, str, str], None]] = None  # runs before every call
         self._faults: dict[str, list[Optional[BaseException]]] = {}
@@ -81,9 +87,29 @@ class FakeStore:
             self.buckets.setdefault(bucket, {})[name] = Stored(b"", slo_etag(segments), segments)
         return segments
 
+    def put_dlo(self, bucket: str, name: str, data: bytes, segment_size: int) -> None:
+        """Store `data` as rclone does with `--swift-chunk-size`: segments, then a DLO manifest."""
+        prefix = f"{name}/1796000000.5/{len(data)}/"
+        for index, offset in enumerate(range(0, len(data), segment_size)):
+            self.put_object(
+                f"{bucket}_segments", f"{prefix}{index:08d}", data[offset : offset + segment_size]
+            )
+        with self._lock:
+            self.buckets.setdefault(bucket, {})[name] = Stored(b"", "", dlo=f"{bucket}_segments/{prefix}")
+
+    def put_multipart(self, bucket: str, name: str, data: bytes, part_size: int) -> str:
+        """Store `data` as an S3 multipart upload in parts of `part_size`: its ETag is `md5-N`."""
+        parts = [md5(data[offset : offset + part_size]) for offset in range(0, len(data), part_size)]
+        etag = multipart_etag(parts)
+        with self._lock:
+            self.buckets.setdefault(bucket, {})[name] = Stored(data, etag)
+        return etag
+
     def content(self, bucket: str, name: str) -> bytes:
-        """An object's content as a download would stream it (segments joined for an SLO)."""
+        """An object's content as a download would stream it (segments joined for an SLO, a DLO)."""
         stored = self.buckets[bucket][name]
+        if stored.dlo:
+            return b"".join(self._stored(*s.path.split("/", 1)).data for s in self._dlo_segments(stored.dlo))
         if stored.manifest is None:
             return stored.data
         parts = []
@@ -119,6 +145,10 @@ class FakeStore:
             self.buckets.setdefault(bucket, {})
 
     def segments(self, bucket: str, obj: RemoteObject) -> list[Segment]:
+        if obj.dlo:
+            self._enter("segments", bucket, obj.name)
+            with self._lock:
+                return self._dlo_segments(obj.dlo)
         return self.manifest(bucket, obj.name)
 
     def manifest(self, bucket: str, name: str) -> list[Segment]:
@@ -132,12 +162,13 @@ class FakeStore:
     def download(self, bucket: str, name: str) -> tuple[dict[str, str], Iterator[bytes]]:
         self._enter("download", bucket, name)
         with self._lock:
-            etag = self._stored(bucket, name).etag
             data = bytearray(self.content(bucket, name))
+            etag = self._listed(name, self._stored(bucket, name)).md5
         if name in self.corrupt and data:
             data[len(data) // 2] ^= 0x01
         chunks = [bytes(data[i : i + self.chunk]) for i in range(0, len(data), self.chunk)]
-        return {"etag": f'"{etag}"', "content-length": str(len(data))}, iter(chunks)
+        body = _breaking(chunks, f"download {bucket}/{name}") if name in self.broken else iter(chunks)
+        return {"etag": f'"{etag}"', "content-length": str(len(data))}, body
 
     def upload(self, bucket: str, name: str, source: BinaryIO, size: int) -> tuple[str, str]:
         self._enter("upload", bucket, name)
@@ -186,7 +217,24 @@ class FakeStore:
             raise StoreError(f"cannot get {bucket}/{name}: HTTP 404 Not Found", 404)
         return stored
 
+    def _dlo_segments(self, manifest: str) -> list[Segment]:
+        container, _, prefix = manifest.partition("/")
+        return [
+            Segment(f"{container}/{part}", len(stored.data), stored.etag)
+            for part, stored in sorted(self.buckets.get(container, {}).items())
+            if part.startswith(prefix)
+        ]
+
     def _listed(self, name: str, stored: Stored) -> RemoteObject:
+        if stored.dlo:
+            segments = self._dlo_segments(stored.dlo)
+            return RemoteObject(name, sum(s.size for s in segments), slo_etag(segments), dlo=stored.dlo)
         if stored.manifest is None:
             return RemoteObject(name, len(stored.data), stored.etag)
         return RemoteObject(name, sum(s.size for s in stored.manifest), stored.etag, slo=True)
+
+
+def _breaking(chunks: list[bytes], action: str) -> Iterator[bytes]:
+    """The first chunk, then the error SwiftStore raises for a connection reset mid-body."""
+    yield from chunks[:1]
+    raise StoreError(f"cannot {action}: ('Connection broken: IncompleteRead(700 bytes read)')")

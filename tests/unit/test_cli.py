@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 
 from allasrun import cli
-from allasrun.errors import EXIT_CONFIG
+from allasrun.errors import EXIT_CONFIG, EXIT_LOCAL_FILE, EXIT_SOFTWARE, EXIT_USAGE
 
 
 @pytest.mark.parametrize(
@@ -46,3 +47,42 @@ def test_an_allasrun_error_is_one_line_and_its_exit_code(
     assert stopped.value.code == EXIT_CONFIG
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "error: no credentials" in lines[0]
+
+
+@pytest.mark.parametrize(("size", "says"), [("6G", "more than 5G"), ("0", "--segment-size")])
+def test_a_segment_size_out_of_bounds_is_a_usage_error_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], size: str, says: str
+) -> None:
+    """Swift refuses a segment over 5 GiB only after every retry; 0 would divide by zero mid-transfer."""
+    monkeypatch.setattr("sys.argv", ["allasrun", "--segment-size", size, "--", "true"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == EXIT_USAGE
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and says in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "says"),
+    [
+        (OSError(errno.EDQUOT, "Disk quota exceeded", "/home/u/x"), EXIT_LOCAL_FILE, "/home/u/x: Disk quota"),
+        (KeyError("surprise"), EXIT_SOFTWARE, "internal error"),
+    ],
+)
+def test_what_escapes_every_layer_is_still_one_line_and_a_documented_code(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    raised: Exception,
+    code: int,
+    says: str,
+) -> None:
+    def parse(argv: list[str]) -> list[str]:
+        raise raised
+
+    monkeypatch.setattr(cli, "_with_default_command", parse)
+    monkeypatch.setattr("sys.argv", ["allasrun", "env"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == code
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and says in err and "Traceback" not in err

@@ -8,13 +8,17 @@ the URL. The real servers are exercised by tests/stack against both back ends.
 
 from __future__ import annotations
 
+import io
 import json
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 import requests_mock
+import urllib3
 
 from allasrun.auth import Token
 from allasrun.errors import EXIT_UNAVAILABLE, StoreError
@@ -32,13 +36,14 @@ BIG = RemoteObject("big", 3, slo_etag(PARTS), slo=True)
 class Credentials:
     """A token holder that counts renewals, as TokenSource would renew after a 401."""
 
-    def __init__(self) -> None:
-        self.token = Token("token-1", 0.0, 9e9, URL, "p", "u")
+    def __init__(self, url: str = URL) -> None:
+        self.url = url
+        self.token = Token("token-1", 0.0, 9e9, url, "p", "u")
         self.renewed: list[str] = []
 
     def renew(self, stale: Token) -> Token:
         self.renewed.append(stale.value)
-        self.token = Token(f"token-{len(self.renewed) + 1}", 0.0, 9e9, URL, "p", "u")
+        self.token = Token(f"token-{len(self.renewed) + 1}", 0.0, 9e9, self.url, "p", "u")
         return self.token
 
 
@@ -72,8 +77,36 @@ def test_rgw_lists_a_large_object_by_its_manifest_so_it_is_looked_up(server: req
         f"{URL}/b/big",
         headers={"Content-Length": "3", "Etag": f'"{BIG.md5}"', "X-Static-Large-Object": "True"},
     )
+    server.head(f"{URL}/b/empty", headers={"Content-Length": "0", "Etag": EMPTY_MD5})  # it may be a DLO
     assert SwiftStore(Credentials()).listing("b", "") == [BIG, RemoteObject("empty", 0, EMPTY_MD5)]
-    assert [r.method for r in server.request_history].count("HEAD") == 1  # the empty object is not
+
+
+@pytest.mark.parametrize("etag", [f'"{BIG.md5}"', BIG.md5], ids=["swift", "rgw"])
+def test_a_dlo_listed_as_empty_is_looked_up_and_its_segments_listed(
+    server: requests_mock.Mocker, etag: str
+) -> None:
+    """rclone's chunked file: both list its manifest as empty; HEAD names its segments' prefix."""
+    manifest = "b_segments/big/1796.5/3/"
+    _listing(
+        server,
+        "b",
+        [
+            {"name": "big", "bytes": 0, "hash": EMPTY_MD5},
+            {"name": "folder/", "bytes": 0, "hash": EMPTY_MD5, "content_type": "application/directory"},
+        ],
+    )
+    server.head(
+        f"{URL}/b/big",
+        headers={"Content-Length": "3", "Etag": etag, "X-Object-Manifest": "b_segments/big/1796.5/3/"},
+    )
+    store = SwiftStore(Credentials())
+    dlo = RemoteObject("big", 3, BIG.md5, dlo=manifest)
+    assert store.listing("b", "") == [dlo, RemoteObject("folder/", 0, EMPTY_MD5)]
+    assert [r.url for r in server.request_history if r.method == "HEAD"] == [f"{URL}/b/big"]  # not the marker
+    parts = [Segment(f"b_segments/big/1796.5/3/{n:08d}", s.size, s.md5) for n, s in enumerate(PARTS)]
+    _listing(server, "b_segments", _segment_rows(parts))
+    assert store.segments("b", dlo) == parts
+    assert server.request_history[-2].qs["prefix"] == ["big/1796.5/3/"]
 
 
 def test_swift_gives_the_manifest(server: requests_mock.Mocker) -> None:
@@ -129,3 +162,30 @@ def test_a_failing_server_is_a_store_error_naming_the_url(server: requests_mock.
         SwiftStore(Credentials(), retries=0).listing("b", "")
     assert raised.value.exit_code == EXIT_UNAVAILABLE
     assert f"{URL}/b" in str(raised.value)
+
+
+def test_a_connection_broken_mid_body_is_a_store_error(server: requests_mock.Mocker) -> None:
+    """urllib3's ProtocolError is not an OSError; it must not escape the stager's retry."""
+
+    class Breaking(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead(700 bytes read)")
+
+    server.get(f"{URL}/b/x", body=Breaking(), headers={"Content-Length": "1400", "Etag": "h"})
+    _, body = SwiftStore(Credentials(), retries=0).download("b", "x")
+    with pytest.raises(StoreError, match=f"cannot download {URL}/b/x: .*Connection broken"):
+        list(body)
+
+
+def test_a_stalled_server_times_out() -> None:
+    """A server that accepts and never answers fails the call; without a timeout it hangs forever."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # the kernel accepts; nobody answers
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1/AUTH_p"
+        store = SwiftStore(Credentials(url), retries=0, timeout=(2.0, 0.5))
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=f"cannot list {url}/b: .*[Tt]imed out"):
+            store.listing("b", "")
+    assert time.monotonic() - started < 20
