@@ -52,6 +52,7 @@ class LaunchOptions:
 def run(options: LaunchOptions, env: Mapping[str, str]) -> int:
     """Run the command under a kept token; the exit status to report."""
     executable = resolve(options.command[0], env)
+    StagingRun.check_report(options.plan, options.workdir)
     where = step.place(env, stages=bool(options.plan))
     if not where.leads:
         return _on_shared_files(where, executable, options, env)

@@ -37,7 +37,12 @@ def after_stage_in(transfers: Sequence[Transfer], stop_signal: Optional[int]) ->
     for transfer in failed:
         log.error("stage-in %s: %s: %s", transfer.status, transfer.where, transfer.error)
     if failed:
-        log.error("stage-in failed for %d item(s): the command was not started", len(failed))
+        log.error(
+            "error: stage-in failed for %d item(s) (first: %s: %s): the command was not started",
+            len(failed),
+            failed[0].where,
+            failed[0].error,
+        )
         return StageResult(tuple(transfers), EXIT_STAGE_IN)
     return StageResult(tuple(transfers), None)
 
@@ -56,7 +61,9 @@ def after_stage_out(transfers: Sequence[Transfer], command_status: int) -> Stage
     failed = [t for t in problems(transfers) if not (t.status == MISSING and command_status != 0)]
     if failed:
         log.error(
-            "stage-out failed for %d file(s); the command's exit status was %d", len(failed), command_status
+            "error: stage-out failed for %d file(s); the command's exit status was %d",
+            len(failed),
+            command_status,
         )
         return StageResult(tuple(transfers), EXIT_STAGE_OUT)
     return StageResult(tuple(transfers), command_status)

@@ -8,11 +8,13 @@ imports it.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from allasrun.errors import LocalFileError, UsageError
 from allasrun.log import log
 from allasrun.staging.plan import StagePlan
 from allasrun.staging.result import StageResult, after_stage_in, after_stage_out
@@ -40,6 +42,24 @@ class StagingRun:
         self._credentials = credentials
         self._store = store
         self._stager: Optional[Stager] = None
+
+    @staticmethod
+    def check_report(plan: StagePlan, workdir: Path) -> None:
+        """Refuse a report that could never be written, before Keystone is asked or anything runs.
+
+        At the end of a run a failed report may only be logged (the command's status stands),
+        so a path that is a directory, or a folder allasrun may not write in, is said now.
+        """
+        if plan.settings.report is None:
+            return
+        path = local_path(plan.settings.report, workdir)
+        if path.is_dir():
+            raise UsageError(f"report {path}: is a directory; name a file")
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:  # the report makes missing folders
+            folder = folder.parent
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise LocalFileError(f"cannot write the transfer report {path}: {folder} is not writable")
 
     @property
     def stager(self) -> Stager:

@@ -2,13 +2,15 @@
 
 tests/run starts both once and passes their env files in MINI_ALLAS_ENV and MINI_SLURM_ENV
 (shared by the pytest-xdist workers); without them, this session starts private ones and
-stops them after.
+stops them after. tests/run, as root, runs pytest as the ordinary user (MINI_USER), so
+permissions hold; a developer's run as root acts as that user (and the second one) with runuser.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +65,23 @@ def ordinary_user() -> OrdinaryUser:
     if not name or not python:
         pytest.skip("no ordinary user to run jobs as (stack/with-stack --slurm makes one as root)")
     return OrdinaryUser(name, python)
+
+
+@pytest.fixture(scope="session")
+def other_user(ordinary_user: OrdinaryUser) -> OrdinaryUser:
+    """A second user on the same node (MINI_OTHER_USER), who must never read the first one's files.
+
+    Root acts as it with runuser; the ordinary user with the sudo rule stack/with-stack writes.
+    """
+    name = os.environ.get("MINI_OTHER_USER") or "allasrun-other"
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        pytest.skip(f"no second user {name!r} on this machine (stack/with-stack --slurm makes one as root)")
+    other = OrdinaryUser(name, ordinary_user.python)
+    if not other.can_act():
+        pytest.skip(f"cannot act as {name}: neither root nor allowed by with-stack's sudo rule")
+    return other
 
 
 @pytest.fixture

@@ -126,15 +126,42 @@ class OrdinaryUser:
     name: str
     python: str
 
+    @property
+    def uid(self) -> int:
+        return pwd.getpwnam(self.name).pw_uid
+
+    @property
+    def home(self) -> Path:
+        return Path(pwd.getpwnam(self.name).pw_dir)
+
     def command(self, argv: Sequence[str]) -> list[str]:
-        """`argv` run as this user (the environment passed along as it is)."""
-        runuser = shutil.which("runuser") or "/usr/sbin/runuser"  # not on an ordinary user's PATH
-        return [runuser, "-u", self.name, "--", *argv]
+        """`argv` run as this user (the environment passed along as it is).
+
+        Already this user (pytest runs as the ordinary user in CI): as it is. Root: runuser,
+        keeping even HOME. Another ordinary user: sudo, which stack/with-stack allows the test
+        user for the second user only; sudo puts its own PATH first, so the program is named
+        absolutely.
+        """
+        if os.geteuid() == self.uid:
+            return list(argv)
+        if os.geteuid() == 0:
+            runuser = shutil.which("runuser") or "/usr/sbin/runuser"  # not on an ordinary user's PATH
+            return [runuser, "--preserve-environment", "-u", self.name, "--", *argv]
+        program = shutil.which(argv[0]) or argv[0]
+        return ["sudo", "--non-interactive", "--preserve-env", "--user", self.name, "--", program, *argv[1:]]
+
+    def can_act(self) -> bool:
+        """Whether this process can run commands as this user (root, itself, or allowed by sudo)."""
+        if os.geteuid() in (0, self.uid):
+            return True
+        if not shutil.which("sudo"):
+            return False
+        probe = subprocess.run(self.command(["true"]), capture_output=True, check=False, timeout=30)
+        return probe.returncode == 0
 
     def workdir(self) -> Path:
         """A fresh directory of this user's, under its home, for one test."""
-        home = Path(pwd.getpwnam(self.name).pw_dir)
-        path = home / "tests" / uuid.uuid4().hex[:12]
+        path = self.home / "tests" / uuid.uuid4().hex[:12]
         subprocess.run(self.command(["mkdir", "-p", str(path)]), check=True)
         return path
 
@@ -143,7 +170,7 @@ class OrdinaryUser:
         and configuration of this test's own (a user's home is shared between the tests)."""
         env = {
             "PATH": f"{Path(self.python).parent}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(Path(pwd.getpwnam(self.name).pw_dir)),
+            "HOME": str(self.home),
             "LANG": "C.UTF-8",
             "XDG_CACHE_HOME": str(workdir / ".cache"),
             "XDG_CONFIG_HOME": str(workdir / ".config"),
@@ -161,7 +188,7 @@ def allasrun(
     user: Optional[OrdinaryUser] = None,
     **kwargs: Any,
 ) -> subprocess.CompletedProcess[str]:
-    """Run allasrun as a user would (root, or `user`), capturing its output."""
+    """Run allasrun as a user would (whoever runs pytest, or `user`), capturing its output."""
     command = [*ALLASRUN, *args] if user is None else user.command([user.python, "-m", "allasrun", *args])
     return subprocess.run(
         command,
@@ -314,7 +341,7 @@ class Job:
         make_bucket(stack, bucket)
         script = directory / "job.sh"
         script.write_text(text)
-        if user is not None:
+        if user is not None and os.geteuid() != user.uid:  # root wrote it for the user
             subprocess.run(["chown", user.name, str(script)], check=True)
         self.stack, self.slurm, self.directory, self.bucket = stack, slurm, directory, bucket
         self.id = slurm.submit(script, env, user=user)

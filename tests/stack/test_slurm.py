@@ -103,9 +103,10 @@ def test_job_whose_stage_in_fails_never_runs_its_command(
     assert not (tmp_path / "ran").exists()
 
 
-def jobs_in_queue(slurm: Slurm) -> list[str]:
+def jobs_in_queue(slurm: Slurm, script: Path) -> list[str]:
+    """Jobs of this script (by its name): other test files' jobs come and go meanwhile."""
     listing = subprocess.run(
-        ["squeue", "-h", "-o", "%i"],
+        ["squeue", "-h", "-o", "%i", "--name", script.name],
         env={**os.environ, **slurm.env},
         capture_output=True,
         text=True,
@@ -121,23 +122,23 @@ def sbatch(stack: Stack, slurm: Slurm, home: Path, cwd: Path, *args: str) -> sub
 def test_sbatch_refuses_a_bad_script(stack: Stack, slurm: Slurm, home: Path, tmp_path: Path) -> None:
     script = tmp_path / "bad.sh"
     script.write_text("#!/bin/bash\n#SBATCH --time=5\n#ALLAS stage-out results/\necho never\n")
-    before = jobs_in_queue(slurm)
+    before = jobs_in_queue(slurm, script)
     result = sbatch(stack, slurm, home, tmp_path, "--parsable", str(script))
     assert result.returncode == errors.EXIT_USAGE
     assert f"{script}:3: stage-out takes SOURCE DESTINATION, got 1 argument(s)" in result.stderr
     assert result.stdout == ""
-    assert jobs_in_queue(slurm) == before
+    assert jobs_in_queue(slurm, script) == before
 
 
 def test_sbatch_refuses_missing_inputs(stack: Stack, slurm: Slurm, home: Path, tmp_path: Path) -> None:
     make_bucket(stack, "slurm-data")
     script = tmp_path / "needs.sh"
     script.write_text("#!/bin/bash\n#ALLAS stage-in slurm-data/not/there/\ntrue\n")
-    before = jobs_in_queue(slurm)
+    before = jobs_in_queue(slurm, script)
     result = sbatch(stack, slurm, home, tmp_path, str(script))
     assert result.returncode == errors.EXIT_STAGE_IN
     assert f"{script}:2: stage-in allas:slurm-data/not/there/: no object matches" in result.stderr
-    assert jobs_in_queue(slurm) == before
+    assert jobs_in_queue(slurm, script) == before
 
 
 WRAPPED_JOB = """#!/bin/bash

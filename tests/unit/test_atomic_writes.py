@@ -6,6 +6,7 @@ them, as a job's rclone and swift calls do while the keeper renews.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
@@ -13,6 +14,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from allasrun.atomicfile import write_atomic
 from allasrun.auth.identity import Target
 from allasrun.auth.token import Token
 from allasrun.job.clientfiles import ClientFiles, update_section
@@ -100,3 +104,19 @@ def test_two_writers_keep_every_section(tmp_path: Path) -> None:
     assert text.count("[allas-two]") == 1
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     assert os.path.exists(tmp_path / ".rclone.conf.lock")
+
+
+def test_a_full_disk_names_the_file_that_could_not_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC from write() or fsync() carries no file name; the error must say which file it was."""
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as raised:
+        write_atomic(tmp_path / "rclone.conf", "[allas]\n")
+    assert raised.value.filename == str(tmp_path / "rclone.conf")
+    assert raised.value.errno == errno.ENOSPC
+    assert [p.name for p in tmp_path.iterdir()] == []

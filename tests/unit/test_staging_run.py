@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Optional, cast
 
 import pytest
 
-from allasrun.errors import EXIT_STAGE_IN, EXIT_STAGE_OUT, BucketMissing, StoreError
+from allasrun.errors import (
+    EXIT_STAGE_IN,
+    EXIT_STAGE_OUT,
+    BucketMissing,
+    LocalFileError,
+    StoreError,
+    UsageError,
+)
 from allasrun.staging.lookup import look_up
 from allasrun.staging.plan import Settings, StageIn, StageOut, StagePlan
 from allasrun.staging.run import StagingRun
@@ -71,7 +79,10 @@ def test_stage_in_failure_is_74(store: FakeStore, tmp_path: Path, logged: pytest
     assert result.exit_status == EXIT_STAGE_IN == 74
     assert [t.status for t in result.transfers] == [MISSING]
     assert "stage-in missing: job.sh:4: bucket 'nobucket' does not exist" in errors(logged)
-    assert "stage-in failed for 1 item(s): the command was not started" in errors(logged)
+    assert (
+        "error: stage-in failed for 1 item(s) (first: job.sh:4: bucket 'nobucket' does not exist): "
+        "the command was not started"
+    ) in errors(logged)
 
 
 def test_stage_in_stopped_by_a_signal_is_128_plus_n(
@@ -103,7 +114,7 @@ def test_stage_out_failure_is_75(store: FakeStore, tmp_path: Path, logged: pytes
     result = run(store, tmp_path, (), (OUT,)).stage_out(3)
     assert result.exit_status == EXIT_STAGE_OUT == 75
     assert [t.status for t in result.transfers] == [FAILED]
-    assert "stage-out failed for 1 file(s); the command's exit status was 3" in errors(logged)
+    assert "error: stage-out failed for 1 file(s); the command's exit status was 3" in errors(logged)
 
 
 @pytest.mark.parametrize(("command_status", "final"), [(3, 3), (0, EXIT_STAGE_OUT)])
@@ -211,3 +222,17 @@ def test_look_up_store_failure_is_not_missing(store: FakeStore) -> None:
     with pytest.raises(StoreError, match="HTTP 503") as raised:
         look_up(StagePlan((IN,)), UNUSED, store=store)
     assert not isinstance(raised.value, BucketMissing)
+
+
+def test_a_report_that_could_never_be_written_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    """At the end only a warning is possible; a directory, or a folder not ours to write, is said first."""
+    (tmp_path / "reports").mkdir()
+    with pytest.raises(UsageError, match="reports: is a directory"):
+        StagingRun.check_report(StagePlan(settings=Settings(report="reports")), tmp_path)
+    StagingRun.check_report(StagePlan(settings=Settings(report="new/deeper/report.json")), tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):
+        pytest.skip("root writes anywhere: the unwritable-folder case needs an ordinary user")
+    with pytest.raises(LocalFileError, match="locked is not writable"):
+        StagingRun.check_report(StagePlan(settings=Settings(report="locked/report.json")), tmp_path)
