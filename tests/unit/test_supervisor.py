@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,6 +59,9 @@ DRIVER = textwrap.dedent(
 
 # A worker that appends to a file until stopped, as a grandchild of the Supervisor.
 LOOP = 'while :; do echo tick >> "$OUT/ticks"; sleep 0.05; done'
+# The deadline fires once the worker has ticked: before that, its TERM could land before the
+# worker exists (the test would see no worker, not a worker left running).
+STARTED = 'until [ -s "$OUT/ticks" ]; do sleep 0.01; done; touch "$OUT/started"'
 
 
 def _alive(pid: int) -> bool:
@@ -120,7 +124,7 @@ def _quiet_after(driver: subprocess.Popen[str], tmp_path: Path) -> str:
 
 
 def test_the_deadlines_term_reaches_a_grandchild(tmp_path: Path) -> None:
-    command = f'sh -c \'echo $$ > "$OUT/worker"; {LOOP}\' & touch "$OUT/started"; wait'
+    command = f"sh -c 'echo $$ > \"$OUT/worker\"; {LOOP}' & {STARTED}; wait"
     driver = _drive(tmp_path, command, killer="deadline")
     worker = _worker(tmp_path)
     assert _quiet_after(driver, tmp_path) == f"status {128 + signal.SIGTERM}"
@@ -128,7 +132,7 @@ def test_the_deadlines_term_reaches_a_grandchild(tmp_path: Path) -> None:
 
 
 def test_the_grace_kill_reaches_a_grandchild_that_ignores_term(tmp_path: Path) -> None:
-    command = f'sh -c \'trap "" TERM; echo $$ > "$OUT/worker"; {LOOP}\' & touch "$OUT/started"; wait'
+    command = f'sh -c \'trap "" TERM; echo $$ > "$OUT/worker"; {LOOP}\' & {STARTED}; wait'
     driver = _drive(tmp_path, command, killer="deadline", grace=1.0)
     worker = _worker(tmp_path)
     assert _quiet_after(driver, tmp_path).startswith("status ")
@@ -284,7 +288,9 @@ def test_slurms_term_taken_before_its_cont_still_counts_as_delivered(monkeypatch
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCONT})
     try:
         assert not child._slurm_delivered(term)  # a TERM alone: the batch shell's only
-        os.kill(os.getpid(), signal.SIGCONT)
+        # To this thread: under pytest-xdist another thread, not blocking CONT, would take a
+        # process-directed one (allasrun blocks its signals before it starts any thread).
+        signal.pthread_kill(threading.get_ident(), signal.SIGCONT)
         assert child._slurm_delivered(term)
         assert signal.SIGCONT not in signal.sigpending()
     finally:
