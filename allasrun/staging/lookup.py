@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from allasrun.staging.fetch import Fetch
 from allasrun.staging.plan import StageIn, StageOut, StagePlan
 from allasrun.staging.run import StagingRun
-from allasrun.staging.stager import Fetch
 from allasrun.staging.store import Credentials, Store
 from allasrun.staging.transfer import Transfer
 

@@ -1,9 +1,16 @@
-"""One record per file or object moved (or not), and the words for counting them."""
+"""One record per file or object moved (or not), and the words for counting them.
+
+Also what the stager's two sides (`fetch`, `put`) share with it: the exception a stop raises,
+and the retry they are handed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 MIB = 1024 * 1024
 # Outcomes of one transfer; only FAILED, REFUSED and MISSING make a stage fail.
@@ -39,6 +46,22 @@ class Transfer:
     status: str = FAILED
     error: str = ""
     verified: str = ""
+
+
+def not_moved(direction: str, where: str, source: str, destination: str, status: str, error: str) -> Transfer:
+    """The record of a transfer that did not happen, and why."""
+    return Transfer(direction, where, source, destination, status=status, error=error)
+
+
+class Interrupted(Exception):
+    """A stop signal ended this transfer: it is CANCELLED, not FAILED."""
+
+
+class Retry(Protocol):
+    """How the stager's two sides retry: its `_retry`, handed to them."""
+
+    def __call__(self, attempt: Callable[[], T]) -> T:
+        """Call `attempt` until it succeeds or the tries run out; the last error is raised."""
 
 
 def problems(transfers: Sequence[Transfer]) -> list[Transfer]:

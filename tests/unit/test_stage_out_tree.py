@@ -17,8 +17,8 @@ from typing import BinaryIO
 import pytest
 
 from allasrun.errors import DirectiveError
+from allasrun.staging import put as put_module
 from allasrun.staging import select
-from allasrun.staging import stager as stager_module
 from allasrun.staging.directives import parse
 from allasrun.staging.plan import Settings, StageOut, build
 from allasrun.staging.select import LocalFile
@@ -206,7 +206,7 @@ def test_a_pipe_swapped_in_after_the_open_is_never_read_by_the_skip_check(
             os.mkfifo(file.path)
         return source
 
-    monkeypatch.setattr(stager_module, "open_inside", open_then_swap)
+    monkeypatch.setattr(put_module, "open_inside", open_then_swap)
     records: dict[str, Transfer] = {}
     worker = threading.Thread(target=lambda: records.update(stage_out(store, tmp_path)), daemon=True)
     worker.start()
@@ -366,8 +366,8 @@ def test_too_many_segments_raise_the_segment_size(
 def test_a_file_too_large_for_any_large_object_fails_before_uploading(
     store: FakeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stager_module, "MAX_SEGMENTS", 3)
-    monkeypatch.setattr(stager_module, "LARGEST_SEGMENT", 1024)
+    monkeypatch.setattr(put_module, "MAX_SEGMENTS", 3)
+    monkeypatch.setattr(put_module, "LARGEST_SEGMENT", 1024)
     (tmp_path / "huge.bin").write_bytes(b"x" * (3 * 1024 + 1))
     record = stage_out(store, tmp_path, StageOut("job.sh:3", "huge.bin", "out", "huge.bin"))[
         "allas:out/huge.bin"

@@ -1,0 +1,232 @@
+"""The stage-out side of the stager: how one file is uploaded, segmented, checked for change.
+
+Stage-out uploads new and changed files, verifies the stored ETag, and never touches the local
+files. A file larger than `segment-size` goes as segments and a manifest (an SLO). An identical
+object already stored is skipped, which makes a re-run resume.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Optional
+
+from allasrun.errors import BucketMissing, Corrupt, LocalFileError, StoreError
+from allasrun.log import log
+from allasrun.staging.plan import DEFAULT_SEGMENT, Settings, StageOut, is_pattern
+from allasrun.staging.select import LocalFile, Unfollowed, common_prefix, local_files, local_path, open_inside
+from allasrun.staging.store import RemoteObject, Segment, Store, slo_etag
+from allasrun.staging.transfer import DONE, FAILED, MISSING, REFUSED, SKIPPED, Retry, Transfer, not_moved
+from allasrun.staging.verify import MD5, PER_SEGMENT, identical_by
+
+MAX_SEGMENTS = 1000  # segments one large object's manifest may list (Swift's and radosgw's default)
+LARGEST_SEGMENT = DEFAULT_SEGMENT  # each segment is one object: 5 GiB at most
+
+
+@dataclass(frozen=True)
+class Put:
+    """One local file to upload under one object name."""
+
+    spec: StageOut
+    file: LocalFile
+    name: str
+    remote: Optional[RemoteObject]
+
+
+class Uploader:
+    """Stage-out of single files from `workdir`, for the stager that runs them.
+
+    `retry` runs an attempt again after a store's error.
+    """
+
+    def __init__(self, store: Store, settings: Settings, workdir: Path, retry: Retry) -> None:
+        self.store = store
+        self.settings = settings
+        self.workdir = workdir
+        self._retry = retry
+        self._segment_buckets: set[str] = set()
+
+    def resolve(self, spec: StageOut) -> tuple[list[Put], list[Transfer]]:
+        """The local files a stage-out directive names, each with its object name.
+
+        A link leading out of the tree is a REFUSED record; one not followed inside it, a warning.
+        """
+        target = f"allas:{spec.bucket}/{spec.key}"
+        found, links = local_files(local_path(spec.source, self.workdir), spec.source)
+        prefix = spec.key if spec.key.endswith("/") or not spec.key else spec.key + "/"
+        refused = [_link_record(spec, prefix, link) for link in links if link.refused]
+        for link in links:
+            if not link.refused:
+                log.warning("stage-out %s: %s: %s", spec.where, link.path, link.reason)
+        if not found:
+            reason = f"nothing matches {spec.source}"
+            return [], refused or [not_moved("stage-out", spec.where, spec.source, target, MISSING, reason)]
+        single = len(found) == 1 and not is_pattern(spec.source) and found[0].relative == ""
+        names = [
+            spec.key
+            if single and spec.key and not spec.key.endswith("/")
+            else prefix + (f.relative or f.path.name)
+            for f in found
+        ]
+        try:
+            listing = self.store.listing(spec.bucket, common_prefix(names))
+        except BucketMissing:
+            listing = []
+        remote = {obj.name: obj for obj in listing}
+        return [Put(spec, file, name, remote.get(name)) for file, name in zip(found, names)], refused
+
+    def put(self, put: Put, record: Transfer) -> None:
+        """Upload from one open file, checked to lie in its tree; gone by now: MISSING."""
+        try:
+            source = open_inside(put.file)
+        except FileNotFoundError:
+            record.status, record.error = MISSING, f"{put.file.path} vanished after it was listed"
+            return
+        except OSError as error:
+            raise LocalFileError.of(error, "read") from None
+        with source:
+            self._put_open(put, source, record)
+
+    def _put_open(self, put: Put, source: BinaryIO, record: Transfer) -> None:
+        """Skip, refuse or upload; what changed while it went is removed again and reported."""
+        before = os.fstat(source.fileno())
+        size, remote = before.st_size, put.remote
+        old = self.store.segments(put.spec.bucket, remote) if remote and remote.large else None
+        identical = identical_by(source, remote, old) if remote else ""
+        if remote and identical:
+            record.status, record.md5, record.verified = SKIPPED, remote.md5, identical
+            return
+        if remote and not put.spec.overwrite:
+            record.status = REFUSED
+            record.error = f"{record.destination} exists and differs; not replaced (--no-overwrite)"
+            return
+        segments: list[Segment] = []
+        if size > self.settings.segment_size:
+            step = _segment_step(put.file, size, self.settings.segment_size)
+            md5 = self._retry(lambda: self._upload_large(put, source, size, step, segments))
+        else:
+            md5 = self._retry(lambda: self._upload(put, source, size))
+        if remote and remote.slo:  # the replaced SLO's segments, whatever replaced it; a DLO's
+            self._delete_segments(old)  # prefix is not known to hold its segments alone
+        changed = _changed(put.file, before, source)
+        if changed:  # what landed may be a torn read: it goes, and the file is reported
+            self.store.delete(put.spec.bucket, put.name)
+            self._delete_segments(segments)
+            record.status, record.error = changed
+            return
+        record.status, record.bytes, record.md5 = DONE, size, md5
+        record.verified = PER_SEGMENT if segments else MD5
+
+    def _upload(self, put: Put, source: BinaryIO, size: int) -> str:
+        source.seek(0)
+        md5, etag = self.store.upload(put.spec.bucket, put.name, source, size)
+        if etag != md5:
+            self.store.delete(put.spec.bucket, put.name)
+            raise Corrupt(f"{put.file.path}: the store kept ETag {etag}, the file read as MD5 {md5}")
+        return md5
+
+    def _upload_large(self, put: Put, source: BinaryIO, size: int, step: int, landed: list[Segment]) -> str:
+        """Segments into `<bucket>_segments`, then a manifest; a failure cleans its segments.
+
+        The manifest's segments go into `landed`. Their names are new for every upload (time and
+        a random part): a rewrite of the same size and mtime must not reuse, and then delete as
+        the replaced object's, the segments of its own manifest.
+        """
+        bucket = f"{put.spec.bucket}_segments"
+        if bucket not in self._segment_buckets:
+            self.store.ensure_bucket(bucket)
+            self._segment_buckets.add(bucket)
+        stamp = f"{time.time():.6f}-{uuid.uuid4().hex[:8]}"
+        uploaded: list[Segment] = []
+        try:
+            for index, offset in enumerate(range(0, size, step)):
+                length = min(step, size - offset)
+                name = f"{put.name}/slo/{stamp}/{size}/{step}/{index:08d}"
+                source.seek(offset)
+                md5, etag = self.store.upload(bucket, name, source, length)
+                uploaded.append(Segment(f"{bucket}/{name}", length, md5))
+                if etag != md5:
+                    raise Corrupt(f"{put.file.path}: segment {index} stored as {etag}, read as {md5}")
+            self.store.put_manifest(put.spec.bucket, put.name, uploaded)
+        except BaseException:
+            self._delete_segments(uploaded)
+            raise
+        landed[:] = uploaded
+        return slo_etag(uploaded)
+
+    def _delete_segments(self, segments: Optional[Iterable[Segment]]) -> None:
+        for segment in segments or ():
+            bucket, _, name = segment.path.partition("/")
+            self.store.delete(bucket, name)
+
+
+def put_record(put: Put) -> Transfer:
+    """The record an upload starts with, for its job to fill in."""
+    return Transfer("stage-out", put.spec.where, str(put.file.path), f"allas:{put.spec.bucket}/{put.name}")
+
+
+def _link_record(spec: StageOut, prefix: str, link: Unfollowed) -> Transfer:
+    destination = f"allas:{spec.bucket}/{prefix}{link.relative}"
+    return not_moved("stage-out", spec.where, str(link.path), destination, REFUSED, link.reason)
+
+
+def listed_size(file: LocalFile) -> int:
+    """A file's size for the progress total; one gone by now counts 0 (its upload reports it)."""
+    try:
+        return file.real.stat().st_size
+    except OSError:
+        return 0
+
+
+def _segment_step(file: LocalFile, size: int, wanted: int) -> int:
+    """The segment size for one file: the one asked for, raised so the manifest stays within bounds.
+
+    A manifest lists at most MAX_SEGMENTS segments and Swift refuses a longer one only after
+    every segment is uploaded, so a small `segment-size` is raised here (and said); a file
+    that not even the largest segments can hold fails before any byte is sent.
+    """
+    needed = -(-size // MAX_SEGMENTS)
+    if needed > LARGEST_SEGMENT:
+        raise StoreError(
+            f"{file.path} is {size} bytes, more than a large object can hold "
+            f"({MAX_SEGMENTS} segments of {LARGEST_SEGMENT} bytes)"
+        )
+    if needed <= wanted:
+        return wanted
+    log.info(
+        "%s: %d-byte segments would be %d, over the %d a large object may have: %d-byte segments instead",
+        file.path,
+        wanted,
+        -(-size // wanted),
+        MAX_SEGMENTS,
+        needed,
+    )
+    return needed
+
+
+def _changed(file: LocalFile, before: os.stat_result, source: BinaryIO) -> Optional[tuple[str, str]]:
+    """Status and reason if the bytes sent may not be the file's: it changed, was replaced or vanished.
+
+    Whether its name still leads to the open file (an unlink or a rename over it changes its
+    ctime too, so this is asked first), then its size and times before and after: the MD5 check
+    proves only that the store kept what was read, not that it is the file.
+    """
+    after = os.fstat(source.fileno())
+    try:
+        now = os.stat(file.real, follow_symlinks=False)
+    except FileNotFoundError:
+        return MISSING, f"{file.path} vanished while it was uploaded; the object was removed"
+    if (now.st_dev, now.st_ino) != (after.st_dev, after.st_ino):
+        return FAILED, f"{file.path} was replaced while it was uploaded; the object was removed"
+    if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ctime_ns,
+    ):
+        sizes = f"{before.st_size} -> {after.st_size} bytes"
+        return FAILED, f"{file.path} changed while it was uploaded ({sizes}); the object was removed"
+    return None
