@@ -9,68 +9,44 @@ included) and then nothing more, holding the connection open, as a dead middlebo
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
-from types import TracebackType
 from typing import Optional
 
+from tests.stack.tcpproxy import Relay, close_write, recv, send
 
-class CorruptingProxy:
+
+class CorruptingProxy(Relay):
     """Listens on 127.0.0.1; forwards to `upstream`; damages (or stalls) responses for `marker`."""
 
     def __init__(self, upstream_port: int, marker: bytes, stall_after: Optional[int] = None) -> None:
-        self.upstream_port = upstream_port
+        super().__init__(upstream_port)
         self.marker = marker
         self.stall_after = stall_after
         self.hits = 0
         self.stalled = threading.Event()  # set once a response has been cut off
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._held: list[socket.socket] = []
 
-    def __enter__(self) -> CorruptingProxy:
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def __exit__(
-        self, kind: Optional[type[BaseException]], value: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
-        self._stop.set()
-        self.listener.close()
-        for sock in self._held:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream_port))
-            self._held += [client, server]
-            state = {"hit": False}
-            threading.Thread(target=self._requests, args=(client, server, state), daemon=True).start()
-            threading.Thread(target=self._responses, args=(server, client, state), daemon=True).start()
+    def relay(self, client: socket.socket, server: socket.socket) -> None:
+        state = {"hit": False}
+        threading.Thread(target=self._requests, args=(client, server, state), daemon=True).start()
+        threading.Thread(target=self._responses, args=(server, client, state), daemon=True).start()
 
     def _requests(self, source: socket.socket, target: socket.socket, state: dict[str, bool]) -> None:
-        while data := _recv(source):
+        while data := recv(source):
             method, _, rest = data.partition(b" ")
             path = rest.split(b" ", 1)[0].split(b"?")[0]
             if self.marker in path and (method == b"GET" or self.stall_after is not None):
                 state["hit"] = True
-            if not _send(target, data):
+            if not send(target, data):
                 break
-        _close(target)
+        close_write(target)
 
     def _responses(self, source: socket.socket, target: socket.socket, state: dict[str, bool]) -> None:
         if self.stall_after is not None:
             self._stall(source, target, state)
             return
         in_body = False
-        while data := _recv(source):
+        while data := recv(source):
             if state["hit"]:
                 spot = 0
                 if not in_body:
@@ -81,44 +57,23 @@ class CorruptingProxy:
                     data = data[:spot] + bytes([data[spot] ^ 0xFF]) + data[spot + 1 :]
                     state["hit"] = in_body = False
                     self.hits += 1
-            if not _send(target, data):
+            if not send(target, data):
                 break
-        _close(target)
+        close_write(target)
 
     def _stall(self, source: socket.socket, target: socket.socket, state: dict[str, bool]) -> None:
         """Forward until a marked response has sent `stall_after` bytes, then go silent."""
         sent = 0
-        while data := _recv(source):
+        while data := recv(source):
             if state["hit"]:
                 assert self.stall_after is not None
                 data = data[: max(self.stall_after - sent, 0)]
                 sent += len(data)
                 if sent >= self.stall_after:
-                    _send(target, data)
+                    send(target, data)
                     self.hits += 1
                     self.stalled.set()
                     return  # the upstream connection stays open and unread: a stall, not a reset
-            if not _send(target, data):
+            if not send(target, data):
                 break
-        _close(target)
-
-
-def _recv(sock: socket.socket) -> bytes:
-    try:
-        return sock.recv(65536)
-    except OSError:
-        return b""
-
-
-def _send(sock: socket.socket, data: bytes) -> bool:
-    """Whether `data` went out: the client may have hung up on a response it found damaged."""
-    try:
-        sock.sendall(data)
-    except OSError:
-        return False
-    return True
-
-
-def _close(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_WR)
+        close_write(target)

@@ -14,10 +14,8 @@ import contextlib
 import errno
 import os
 import re
-import socket
 import stat
 import subprocess
-import threading
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from tests.stack.stackutil import (
     put_object,
     wait_for,
 )
+from tests.stack.tcpproxy import Relay
 
 ERROR_LINE = re.compile(r"^allasrun: (?:\S+ )?error: .*$", re.MULTILINE)
 BUCKET = "no-traceback"
@@ -134,48 +133,19 @@ def full(place: Place) -> Iterator[Path]:
         subprocess.run(place.user.command(["rm", "-rf", str(directory)]), check=False, timeout=60)
 
 
-class CuttableProxy:
-    """A TCP proxy to a local port, for cutting a service off mid-run: every connection closed,
-    the port refusing new ones."""
+class CuttableProxy(Relay):
+    """A TCP proxy to a local service (its URL `upstream`), for cutting it off mid-run: every
+    connection closed, the port refusing new ones (`cut`). `url` is the same URL through it."""
 
     def __init__(self, upstream: str) -> None:
         parsed = urlparse(upstream)
         assert parsed.port is not None
-        self.upstream_port = parsed.port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = parsed._replace(netloc=f"127.0.0.1:{self.listener.getsockname()[1]}").geturl()
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(parsed.port)
+        self.url = parsed._replace(netloc=f"127.0.0.1:{self.port}").geturl()
+        self.start()
 
     def cut(self) -> None:
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept(); close alone would not
-        self.listener.close()
-        with self.lock:
-            for sock in self.sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream_port))
-            with self.lock:
-                self.sockets += [client, server]
-            for source, target in ((client, server), (server, client)):
-                threading.Thread(target=_pump, args=(source, target), daemon=True).start()
-
-
-def _pump(source: socket.socket, target: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while data := source.recv(65536):
-            target.sendall(data)
-        target.shutdown(socket.SHUT_WR)
+        self.close()
 
 
 def refused(

@@ -16,19 +16,18 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Optional
 from urllib.parse import urlparse
 
 import pytest
 
 from allasrun import errors
 from tests.stack.stackutil import ALLASRUN, Stack, allasrun, make_bucket, rclone, user_env
+from tests.stack.tcpproxy import Relay, close_write, forward, recv, send
 
 BUCKET = "h3-outputs"
 
 
-class HoldingProxy:
+class HoldingProxy(Relay):
     """Forwards TCP to the store; holds the first `method` request whose path ends with `suffix`.
 
     The held request is not forwarded at all until `release` is set, so allasrun is inside
@@ -37,58 +36,32 @@ class HoldingProxy:
     """
 
     def __init__(self, upstream_port: int, method: bytes, suffix: bytes) -> None:
-        self.upstream_port = upstream_port
+        super().__init__(upstream_port)
         self.method, self.suffix = method, suffix
         self.holding = threading.Event()
         self.release = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
 
-    def __enter__(self) -> HoldingProxy:
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def __exit__(
-        self, kind: Optional[type[BaseException]], value: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
+    def close(self) -> None:
         self.release.set()
-        self.listener.close()
-        for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.close()
+        super().close()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream_port))
-            self._sockets += [client, server]
-            threading.Thread(target=self._forward, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._forward, args=(server, client, False), daemon=True).start()
+    def relay(self, client: socket.socket, server: socket.socket) -> None:
+        threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
+        threading.Thread(target=forward, args=(server, client), daemon=True).start()
 
-    def _forward(self, source: socket.socket, target: socket.socket, requests: bool) -> None:
-        while data := _recv(source):
-            if requests and self._chosen(data):
+    def _requests(self, source: socket.socket, target: socket.socket) -> None:
+        while data := recv(source):
+            if self._chosen(data):
                 self.holding.set()
                 self.release.wait(60)
-            target.sendall(data)
-        with contextlib.suppress(OSError):
-            target.shutdown(socket.SHUT_WR)
+            if not send(target, data):
+                break
+        close_write(target)
 
     def _chosen(self, data: bytes) -> bool:
         method, _, rest = data.partition(b" ")
         path = rest.split(b" ", 1)[0].split(b"?")[0]
         return not self.holding.is_set() and method == self.method and path.endswith(self.suffix)
-
-
-def _recv(sock: socket.socket) -> bytes:
-    try:
-        return sock.recv(65536)
-    except OSError:
-        return b""
 
 
 @pytest.fixture

@@ -1,0 +1,96 @@
+"""A TCP relay on 127.0.0.1 in front of a local service, for tests that need the wire to misbehave.
+
+The service is real (Swift, radosgw, Keystone); only what travels between it and allasrun is
+changed: a subclass sees each direction's bytes (`relay`) to damage, hold or stall them, and
+`close` cuts every connection at once, as a dead server or network would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from types import TracebackType
+from typing import Optional, TypeVar
+
+R = TypeVar("R", bound="Relay")
+
+
+class Relay:
+    """Listens on an ephemeral port (`port`); each connection is forwarded to `upstream_port`."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def __enter__(self: R) -> R:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: Optional[type[BaseException]], value: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Refuse new connections and cut every open one (held or stalled ones too)."""
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept(); close alone would not
+        self.listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def relay(self, client: socket.socket, server: socket.socket) -> None:
+        """Start both directions of one connection; plain forwarding unless a subclass says otherwise."""
+        for source, target in ((client, server), (server, client)):
+            threading.Thread(target=forward, args=(source, target), daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self._lock:
+                self._sockets += [client, server]
+            self.relay(client, server)
+
+
+def forward(source: socket.socket, target: socket.socket) -> None:
+    """Copy one direction until it ends, then pass the end on."""
+    while data := recv(source):
+        if not send(target, data):
+            break
+    close_write(target)
+
+
+def recv(sock: socket.socket) -> bytes:
+    """The next bytes, or b"" once the connection has ended or been cut."""
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
+
+
+def send(sock: socket.socket, data: bytes) -> bool:
+    """Whether `data` went out: the client may have hung up on a response it found damaged."""
+    try:
+        sock.sendall(data)
+    except OSError:
+        return False
+    return True
+
+
+def close_write(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
