@@ -82,6 +82,13 @@ def exec_command(
         Optional[str], typer.Option(metavar="URL", help="Swift URL to use instead of the catalog's.")
     ] = None,
     cache: Annotated[bool, typer.Option(help="Reuse a still-valid token from an earlier run.")] = True,
+    token_service: Annotated[
+        bool,
+        typer.Option(
+            help="Let the command's rclone and swift re-authenticate at this run's loopback "
+            "token service (off: at Keystone, or not at all).",
+        ),
+    ] = True,
     renew_margin: Margin = None,
     script: Annotated[
         Optional[Path],
@@ -112,6 +119,7 @@ def exec_command(
         job_credential_hours=job_credential_hours,
         storage_url=storage_url,
         use_cache=cache,
+        token_service=token_service,
         schedule=Schedule(margin=renew_margin),
     )
     raise typer.Exit(launch.run(options, os.environ))

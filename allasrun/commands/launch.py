@@ -1,13 +1,15 @@
 """`allasrun [OPTIONS] -- CMD`: run a command with an Allas token kept alive for its lifetime.
 
 `run` is the table of contents: find the command, find where this allasrun stands, and
-either run on the files another allasrun keeps, or lead: authenticate, write the client
-files, fork, keep renewing, stage in, exec, wait (minding the deadline), stage out, report,
-revoke, clean up, and exit with the command's status or the staging outcome's.
+either run on the files another allasrun keeps, or lead: authenticate, open the token
+service, write the client files, fork, keep renewing and serving, stage in, exec, wait
+(minding the deadline), stage out, report, revoke, clean up, and exit with the command's
+status or the staging outcome's.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,9 +23,10 @@ from allasrun.job import (
     NodeSync,
     Placement,
     Supervisor,
+    TokenService,
     child_environment,
     deadline,
-    read_env,
+    files_environment,
     resolve,
     step,
 )
@@ -44,6 +47,7 @@ class LaunchOptions:
     job_credential_hours: float = 24.0 * 14
     storage_url: Optional[str] = None
     use_cache: bool = True
+    token_service: bool = True
     schedule: Schedule = field(default_factory=Schedule)
     plan: StagePlan = field(default_factory=StagePlan)
     workdir: Path = field(default_factory=Path.cwd)
@@ -90,25 +94,34 @@ def _lead(
     directory: Path,
     source: TokenSource,
 ) -> int:
-    """Write the files, fork, keep, stage in, exec, wait, stage out, report."""
-    user_config = paths.user_rclone_config(env) if options.update_user_config else None
-    target, credential = source.identity.target, source.app_credential
+    """Serve, write the files, fork, keep, stage in, exec, wait, stage out, report."""
+    service = TokenService.open(lambda: source.token) if options.token_service else None
     files = ClientFiles(
-        directory, options.remote, target, credential, user_config, node_name(env), source.lasting
+        directory,
+        options.remote,
+        source.identity.target,
+        source.app_credential,
+        paths.user_rclone_config(env) if options.update_user_config else None,
+        node_name(env),
+        source.lasting,
+        service.access if service else None,
+        env.get("BASH_ENV"),
     )
     files.write(source.token)
     source.on_renew(files.write)
     child = Supervisor.for_job(env, options.plan.settings.grace)
-    pid = child.prepare(executable, options.command)
+    pid = child.prepare(executable, options.command)  # before any thread: the service's starts below
     staging = StagingRun(options.plan, source, options.workdir)
-    with Keeper(source):
+    with Keeper(source), service or contextlib.nullcontext():
         stop = nodes.stage_in_done(staging.stage_in(child.pending_stop).exit_status)
         step.announce(where, stop)
         if stop is not None:
             child.abandon()
             return staging.finish(stop, None)
-        child.start(child_environment(env, files.environment(source.token), options.keep_password))
-        log.info("started %s (pid %d); rclone remote '%s:' in %s", executable, pid, options.remote, directory)
+        child.start(child_environment(env, files.environment(), options.keep_password))
+        served = f"; clients re-authenticate at {service.access.url}" if service else ""
+        where_files = f"rclone remote '{options.remote}:' in {directory}{served}"
+        log.info("started %s (pid %d); %s", executable, pid, where_files)
         timer = _deadline(options.plan, env, child)
         status = child.wait(timer, timer.on_signal if timer else None)
         log.info("%s exited with status %d after %d renewal(s)", options.command[0], status, source.renewals)
@@ -166,14 +179,8 @@ def _on_shared_files(
 def _run_with(
     directory: Path, rclone_config: str, executable: str, options: LaunchOptions, env: Mapping[str, str]
 ) -> int:
-    files = {
-        "RCLONE_CONFIG": rclone_config,
-        "ALLASRUN_ENV_FILE": str(directory / "env"),
-        "ALLASRUN_DIR": str(directory),
-        "ALLASRUN_NODE": node_name(env),
-    }
     child = Supervisor.for_job(env, options.plan.settings.grace)
     child.prepare(executable, options.command)
-    child.start(child_environment(env, {**files, **read_env(directory / "env")}))
+    child.start(child_environment(env, files_environment(directory, rclone_config, node_name(env))))
     timer = _deadline(options.plan, env, child)
     return child.wait(timer, timer.on_signal if timer else None)

@@ -1,17 +1,19 @@
-"""The job side of a run: the command's process, its deadline, the renewal thread, the files.
+"""The job side of a run: the command, its deadline, the renewal, the files, the token service.
 
-Also where this allasrun stands in a multi-task step, and the environment the command gets.
+The token service is where the command's clients re-authenticate. Also where this allasrun
+stands in a multi-task step, and the environment the command gets.
 
 Front door for commands; nothing here imports staging, and auth only for its types and
 `TokenSource`.
 """
 
 from allasrun.job import deadline, step
-from allasrun.job.clientfiles import ClientFiles, child_environment, read_env
+from allasrun.job.clientfiles import ClientFiles, child_environment, files_environment
 from allasrun.job.keeper import Keeper
 from allasrun.job.nodes import NodeSync
 from allasrun.job.step import Placement
 from allasrun.job.supervisor import Supervisor, resolve
+from allasrun.job.tokenservice import TokenService
 
 __all__ = [
     "ClientFiles",
@@ -19,9 +21,10 @@ __all__ = [
     "NodeSync",
     "Placement",
     "Supervisor",
+    "TokenService",
     "child_environment",
     "deadline",
-    "read_env",
+    "files_environment",
     "resolve",
     "step",
 ]

@@ -1,8 +1,9 @@
-"""What the job's clients see: the files rclone and swift read, and the command's environment.
+"""What the job's clients see: the files rclone, swift and bash read, and the command's environment.
 
 Every file is rewritten whole at each renewal (see atomicfile), so a client started at any
-moment reads a token with time left on it. The environment is ours less every secret, plus
-where those files are.
+moment reads a token with time left on it. With the run's token service (tokenservice.py) the
+clients are pointed at it instead of Keystone: they re-authenticate there on their own, for as
+long as the run lives. The environment is ours less every secret, plus where those files are.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from allasrun import paths
 from allasrun.atomicfile import locked, write_atomic
 from allasrun.auth import SECRET_VARIABLES, AppCredential, Target, Token
 from allasrun.errors import AllasrunError, LocalFileError, UnsafeFile
+from allasrun.job.tokenservice import Access
 from allasrun.log import log
 
 HEADER = "# Written by allasrun; rewritten at every token renewal. Edits here are lost.\n"
+# Not secret, but it sends swift to Keystone with a credential the command no longer has.
+DROPPED = (*SECRET_VARIABLES, "OS_AUTH_TYPE")
 
 
 def rclone_section(
@@ -27,17 +31,22 @@ def rclone_section(
     target: Target,
     token: Token,
     credential: Optional[AppCredential],
+    service: Optional[Access] = None,
 ) -> str:
     """The `[remote]` section of rclone's swift backend.
 
-    With an application credential the section holds only that: rclone authenticates at
-    start and again on a 401, so one transfer can outlive any token. (rclone 1.60 never
-    re-authenticates when `auth_token` is also set, as the long-copy test showed, so the
-    token is not added.) Without one, the current token is pinned and rewritten at every
-    renewal. A password is never written.
+    With the run's token service, its v1 auth and nothing else: rclone authenticates there at
+    start and again on a 401, so one transfer can outlive any token, and Keystone sees none of
+    it. Without one (it could not start, or the file outlives the run), an application
+    credential: rclone logs in to Keystone by itself. (rclone 1.60 never re-authenticates when
+    `auth_token` is also set, as the long-copy test showed, so the token is not added.) Without
+    either, the current token is pinned and rewritten at every renewal. A password is never
+    written.
     """
     keys: dict[str, str] = {"type": "swift", "env_auth": "false"}
-    if credential is not None:
+    if service is not None:
+        keys.update(auth=service.url, auth_version="1", user=service.user, key=service.key)
+    elif credential is not None:
         keys.update(
             auth=target.auth_url,
             auth_version="3",
@@ -53,13 +62,51 @@ def rclone_section(
     return f"[{remote}]\n{body}"
 
 
+def service_variables(service: Optional[Access]) -> dict[str, str]:
+    """What swift and swiftclient read to re-authenticate at the token service on a 401.
+
+    ST_AUTH_VERSION comes first in swift's search for the auth version, so an OS_AUTH_VERSION=3
+    left by allas-conf does not send swift to Keystone instead.
+    """
+    if service is None:
+        return {}
+    return {"ST_AUTH": service.url, "ST_USER": service.user, "ST_KEY": service.key, "ST_AUTH_VERSION": "1.0"}
+
+
+def rclone_overrides(remote: str, service: Optional[Access]) -> dict[str, str]:
+    """The per-remote variables of rclone that point `remote` of any rclone.conf at the service.
+
+    For a run that keeps the user's own rclone.conf as RCLONE_CONFIG (--update-user-config):
+    that file holds what outlives the run, and the variables win over it while the run lasts.
+    The keys a pinned or credential section has are emptied, or rclone would use them.
+    """
+    if service is None:
+        return {}
+    prefix = "RCLONE_CONFIG_" + remote.upper().replace("-", "_") + "_"
+    values = {
+        "TYPE": "swift",
+        "ENV_AUTH": "false",
+        "AUTH": service.url,
+        "AUTH_VERSION": "1",
+        "USER": service.user,
+        "KEY": service.key,
+        "AUTH_TOKEN": "",
+        "STORAGE_URL": "",
+        "APPLICATION_CREDENTIAL_ID": "",
+        "APPLICATION_CREDENTIAL_NAME": "",
+        "APPLICATION_CREDENTIAL_SECRET": "",
+    }
+    return {prefix + name: value for name, value in values.items()}
+
+
 def read_env(path: Path) -> dict[str, str]:
-    """The token and storage URL an `env_file` holds, read back without running a shell."""
+    """The variables an `env_file` exports, read back without running a shell."""
     found = {}
     for line in path.read_text(encoding="utf-8").splitlines():
-        name, equals, value = line.removeprefix("export ").partition("=")
-        if equals and name in ("OS_AUTH_TOKEN", "OS_STORAGE_URL"):
-            found[name] = shlex.split(value)[0]
+        if line.startswith("export "):
+            name, equals, value = line.removeprefix("export ").partition("=")
+            if equals:
+                found[name] = shlex.split(value)[0]
     return found
 
 
@@ -69,21 +116,52 @@ def child_environment(
     keep_password: bool = False,
 ) -> dict[str, str]:
     """The job command's environment: ours, less every secret, plus the keeper's variables."""
-    removed = {name for name in SECRET_VARIABLES if not (keep_password and name == "OS_PASSWORD")}
+    removed = {name for name in DROPPED if not (keep_password and name == "OS_PASSWORD")}
     child = {name: value for name, value in env.items() if name not in removed}
     child.update(additions)
     return child
 
 
-def env_file(token: Token) -> str:
-    """Shell lines for `source`: what allas-conf exports, for swift and curl users."""
-    lines = [
-        HEADER,
-        f"# token expires {token.expiry_text()}\n",
-        f"export OS_AUTH_TOKEN={shlex.quote(token.value)}\n",
-        f"export OS_STORAGE_URL={shlex.quote(token.storage_url)}\n",
-    ]
+def env_file(token: Token, service: Optional[Access] = None) -> str:
+    """Shell lines for `source`: what allas-conf exports, for swift and curl users, and the service."""
+    exported = {"OS_AUTH_TOKEN": token.value, "OS_STORAGE_URL": token.storage_url}
+    exported.update(service_variables(service))
+    lines = [HEADER, f"# token expires {token.expiry_text()}\n"]
+    lines += [f"export {name}={shlex.quote(value)}\n" for name, value in exported.items()]
     return "".join(lines)
+
+
+def bash_env(env_path: Path, original: Optional[str]) -> str:
+    """The file bash reads (BASH_ENV) when it starts a script: the user's own first, then ours.
+
+    CSC's a-commands are bash scripts that hand swift the OS_AUTH_TOKEN they inherit; through
+    this file each one started at hour 60 inherits the current token, not the job's first.
+    Lmod sets BASH_ENV for modules in scripts, so a BASH_ENV the job had is read first.
+    Missing files are passed over quietly: a process that outlives the run must still start.
+    """
+    lines = ["# Written by allasrun: bash reads this file when it starts a script (BASH_ENV).\n"]
+    for path in (original, str(env_path)):
+        if path:
+            quoted = shlex.quote(path)
+            lines.append(f"if [ -r {quoted} ]; then . {quoted}; fi\n")
+    return "".join(lines)
+
+
+def files_environment(directory: Path, rclone_config: str, node: str) -> dict[str, str]:
+    """What a command run on the files in `directory` gets: where they are, and the current token.
+
+    The leader's command and its srun followers and nested allasruns alike, so they see one
+    thing: followers read it back from the files the leader wrote.
+    """
+    found = {
+        "RCLONE_CONFIG": rclone_config,
+        "ALLASRUN_ENV_FILE": str(directory / "env"),
+        "ALLASRUN_DIR": str(directory),
+        "ALLASRUN_NODE": node,  # a nested allasrun reuses these files only on this node
+        "BASH_ENV": str(directory / "bash_env"),
+    }
+    found.update(read_env(directory / "env"))
+    return found
 
 
 def replace_section(text: str, name: str, section: str) -> str:
@@ -135,6 +213,8 @@ class ClientFiles:
     user_config: Optional[Path] = None
     node: str = ""
     lasting: Optional[Lasting] = None
+    service: Optional[Access] = None
+    bash_env_before: Optional[str] = None  # the BASH_ENV the job had, read before ours
 
     @property
     def rclone_config(self) -> Path:
@@ -162,27 +242,25 @@ class ClientFiles:
         if self.user_config is not None:
             self._update_user_config(self.user_config, token)
 
-    def environment(self, token: Token) -> Mapping[str, str]:
-        """What the command's environment gains: where the files are, and the first token."""
-        rclone_config = self.rclone_config
+    def environment(self) -> Mapping[str, str]:
+        """What the command's environment gains: where the files are, and what they hold now.
+
+        Keeping the user's rclone.conf as RCLONE_CONFIG keeps their other remotes at hand; the
+        run's remote is then pointed at the token service by rclone's variables.
+        """
         if self.user_config is not None and refusal(self.user_config) is None:
-            rclone_config = self.user_config
-        return {
-            "RCLONE_CONFIG": str(rclone_config),
-            "ALLASRUN_ENV_FILE": str(self.env_path),
-            "ALLASRUN_DIR": str(self.directory),
-            "ALLASRUN_NODE": self.node,  # a nested allasrun reuses these files only on this node
-            "OS_AUTH_TOKEN": token.value,
-            "OS_STORAGE_URL": token.storage_url,
-        }
+            found = files_environment(self.directory, str(self.user_config), self.node)
+            return {**found, **rclone_overrides(self.remote, self.service)}
+        return files_environment(self.directory, str(self.rclone_config), self.node)
 
     def _write_own(self, token: Token) -> None:
         if not self.directory.is_dir():
             log.warning("the run directory %s was removed; making it again", self.directory)
             paths.owned_private_dir(self.directory)
-        section = rclone_section(self.remote, self.target, token, self.credential)
+        section = rclone_section(self.remote, self.target, token, self.credential, self.service)
         write_atomic(self.rclone_config, HEADER + section)
-        write_atomic(self.env_path, env_file(token))
+        write_atomic(self.env_path, env_file(token, self.service))
+        write_atomic(self.directory / "bash_env", bash_env(self.env_path, self.bash_env_before))
 
     def _update_user_config(self, path: Path, token: Token) -> None:
         """Keep [remote] current in the user's own file; any failure is a warning."""

@@ -36,7 +36,6 @@ class Keeper:
                 token.expiry_text(),
                 duration(token.remaining(time.time())),
             )
-            return
         self._thread.start()
 
     def stop(self) -> None:
@@ -53,6 +52,9 @@ class Keeper:
         self.stop()
 
     def _run(self) -> None:
+        if not self._source.token.renewable:
+            self._watch_expiry()
+            return
         attempt = 0
         renewed_at: Optional[float] = None  # by the local clock, which may run ahead of Keystone's
         while True:
@@ -77,6 +79,16 @@ class Keeper:
                 log.exception("renewal attempt %d failed unexpectedly: %s", attempt, error)
                 continue
             attempt, renewed_at = 0, self._clock()
+
+    def _watch_expiry(self) -> None:
+        """Say when a token that cannot be renewed expires: from then on every client fails."""
+        token = self._source.token
+        if not self._stopping.wait(max(token.remaining(self._clock()), 0.0)):
+            log.error(
+                "the token from OS_AUTH_TOKEN expired at %s and cannot be renewed: the command's "
+                "clients can no longer reach Allas",
+                token.expiry_text(),
+            )
 
     def _report_failure(self, attempt: int, error: Exception) -> None:
         left = self._source.token.remaining(self._clock())

@@ -17,7 +17,14 @@ from allasrun import atomicfile
 from allasrun.auth.identity import AppCredential, Target
 from allasrun.auth.token import Token
 from allasrun.errors import LocalFileError
-from allasrun.job.clientfiles import ClientFiles, env_file, rclone_section, replace_section
+from allasrun.job.clientfiles import (
+    ClientFiles,
+    child_environment,
+    env_file,
+    rclone_section,
+    replace_section,
+)
+from allasrun.job.tokenservice import Access
 from tests.unit.keystone_fake import capture_log
 
 TARGET = Target("http://ks:5000/v3", "project_1", "alice", region="RegionOne")
@@ -43,6 +50,22 @@ def test_application_credential_section_can_reauthenticate() -> None:
     assert "auth_version = 3\n" in section
     assert "region = RegionOne\n" in section
     assert "auth_token" not in section  # rclone would never re-authenticate
+
+
+SERVICE = Access("http://127.0.0.1:4242/auth/v1.0", "allasrun", "k3y")
+
+
+def test_with_the_token_service_rclone_gets_its_v1_auth_and_no_keystone_secret() -> None:
+    section = rclone_section("allas", TARGET, TOKEN, AppCredential("cid", "csecret"), SERVICE)
+    assert section.splitlines() == [
+        "[allas]",
+        "type = swift",
+        "env_auth = false",
+        "auth = http://127.0.0.1:4242/auth/v1.0",
+        "auth_version = 1",
+        "user = allasrun",
+        "key = k3y",
+    ]
 
 
 def test_env_file_is_valid_shell_even_with_odd_characters() -> None:
@@ -168,7 +191,7 @@ def test_a_symlinked_or_encrypted_user_config_is_never_replaced_by_plain_text(
     assert conf.is_symlink() == (kind == "symlink")
     [warning] = _warnings(logged)
     assert str(conf) in warning
-    assert files.environment(TOKEN)["RCLONE_CONFIG"] == str(files.rclone_config)
+    assert files.environment()["RCLONE_CONFIG"] == str(files.rclone_config)
 
 
 def test_the_user_config_gets_what_outlives_the_run_and_the_run_its_own_credential(tmp_path: Path) -> None:
@@ -180,4 +203,52 @@ def test_the_user_config_gets_what_outlives_the_run_and_the_run_its_own_credenti
     assert "application_credential_secret = run-secret\n" in own
     assert "run-cred" not in user and "run-secret" not in user
     assert "auth_token = password-token\n" in user
-    assert files.environment(TOKEN)["RCLONE_CONFIG"] == str(conf)
+    assert files.environment()["RCLONE_CONFIG"] == str(conf)
+
+
+def _bash(script: str, env: dict[str, str]) -> str:
+    """Run a bash script as a program (not interactively), as an a-command is run."""
+    return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+
+
+def test_a_bash_script_started_later_sees_the_token_of_that_moment(tmp_path: Path) -> None:
+    lmod = tmp_path / "lmod-init.sh"  # what Lmod puts in BASH_ENV for modules in scripts
+    lmod.write_text("export MODULES_READY=yes\n")
+    files = _files(tmp_path, service=SERVICE, bash_env_before=str(lmod))
+    files.write(TOKEN)
+    env = {"PATH": os.environ["PATH"], **files.environment(), "OS_AUTH_TOKEN": "from-the-start"}
+    script = 'printf "%s|%s|%s" "$OS_AUTH_TOKEN" "$ST_AUTH" "$MODULES_READY"'
+    assert _bash(script, env) == f"tok-123|{SERVICE.url}|yes"
+    files.write(Token("tok-renewed", 1050.0, 1140.0, TOKEN.storage_url, "p", "u"))  # the keeper renewed
+    assert _bash(script, env) == f"tok-renewed|{SERVICE.url}|yes"
+    shutil.rmtree(files.directory)  # the run is over; a process that outlived it still starts
+    result = subprocess.run(["bash", "-c", "echo ok"], env=env, capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "ok\n", "")
+
+
+def test_swift_gets_the_service_and_loses_a_keystone_auth_type_it_could_not_use(tmp_path: Path) -> None:
+    files = _files(tmp_path, service=SERVICE)
+    files.write(TOKEN)
+    user = {"OS_AUTH_TYPE": "v3applicationcredential", "OS_APPLICATION_CREDENTIAL_SECRET": "s", "KEEP": "1"}
+    child = child_environment(user, files.environment())
+    assert "OS_AUTH_TYPE" not in child and "OS_APPLICATION_CREDENTIAL_SECRET" not in child
+    assert child["KEEP"] == "1"
+    assert (child["ST_AUTH"], child["ST_USER"], child["ST_KEY"]) == (SERVICE.url, "allasrun", "k3y")
+    assert child["ST_AUTH_VERSION"] == "1.0"  # before an OS_AUTH_VERSION=3 in swift's search
+    assert (child["OS_AUTH_TOKEN"], child["OS_STORAGE_URL"]) == ("tok-123", TOKEN.storage_url)
+
+
+def test_a_kept_user_config_is_overridden_by_rclone_variables_while_the_run_lasts(tmp_path: Path) -> None:
+    conf = tmp_path / "rclone.conf"
+    conf.write_text(USER_CONF)
+    files = _files(tmp_path, conf, service=SERVICE, lasting=lambda: (PASSWORD_TOKEN, None))
+    files.write(TOKEN)
+    assert "auth_token = password-token\n" in conf.read_text()  # what outlives the run
+    env = files.environment()
+    assert env["RCLONE_CONFIG"] == str(conf)
+    assert env["RCLONE_CONFIG_ALLAS_AUTH"] == SERVICE.url and env["RCLONE_CONFIG_ALLAS_KEY"] == "k3y"
+    assert env["RCLONE_CONFIG_ALLAS_AUTH_TOKEN"] == ""  # or rclone would pin the file's token
+    (tmp_path / "plain").mkdir()
+    without = _files(tmp_path / "plain", conf)  # the service could not start: the file as it is
+    without.write(TOKEN)
+    assert not any(name.startswith("RCLONE_CONFIG_") for name in without.environment())
