@@ -10,4 +10,8 @@ echo "hello from the demo" > "$state/hello.txt"
 echo
 echo "== allasrun -- sh demo/job.sh   (tokens live ${MINI_ALLAS_TOKEN_TTL} s; the job runs ${DEMO_SECONDS:-210} s)"
 unset OS_STORAGE_URL
+logins() { grep 'POST /v3/auth/tokens' "$MINI_ALLAS_KEYSTONE_LOG" | grep -c "$1" || true; }
+all_before=$(logins .) ours_before=$(logins '"allasrun/')
 DEMO_SECONDS=${DEMO_SECONDS:-210} DEMO_FILE="$state/hello.txt" allasrun -- sh demo/job.sh
+all=$(( $(logins .) - all_before )) ours=$(( $(logins '"allasrun/') - ours_before ))
+echo "== Keystone token requests during the run: $all (allasrun's own: $ours; rclone's and swift's: $(( all - ours )))"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import os
 import secrets
 import selectors
 import socket
@@ -115,7 +116,7 @@ class TokenService:
             log.warning(
                 "cannot start the token service on 127.0.0.1 (%s): clients get the token and "
                 "credential in the run's files instead, as without it",
-                error.strerror or error,
+                os.strerror(error.errno) if error.errno else error,  # not create_server's long wording
             )
             return None
         key = secrets.token_urlsafe(32)
@@ -264,8 +265,8 @@ class TokenService:
     def _explain(self, status: int) -> str:
         if status != 503:
             return ""
-        expiry = self._current().expiry_text()
-        return f"allasrun: the token from OS_AUTH_TOKEN expired at {expiry} and cannot be renewed\n"
+        # swift shows the first 60 characters of an answer: the whole reason fits in them.
+        return f"OS_AUTH_TOKEN expired at {self._current().expiry_text()}, not renewable\n"
 
     def _expire(self, now: float) -> None:
         """Drop clients past their deadline: a silent connection must not hold a slot for ever."""

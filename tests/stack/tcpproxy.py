@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from types import TracebackType
 from typing import Optional, TypeVar
 
@@ -94,3 +95,37 @@ def send(sock: socket.socket, data: bytes) -> bool:
 def close_write(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
+
+
+class ThrottledRelay(Relay):
+    """Uploads (client to server) held to `rate` bytes per second in all, as a slow link would.
+
+    Downloads pass at full speed. The budget is shared by every connection, so parallel
+    segment uploads slow each other down as they would on one link.
+    """
+
+    def __init__(self, upstream_port: int, rate: float) -> None:
+        super().__init__(upstream_port)
+        self.rate = rate
+        self._next = time.monotonic()
+        self._budget = threading.Lock()
+
+    def relay(self, client: socket.socket, server: socket.socket) -> None:
+        threading.Thread(target=self._throttle, args=(client, server), daemon=True).start()
+        threading.Thread(target=forward, args=(server, client), daemon=True).start()
+
+    def _throttle(self, source: socket.socket, target: socket.socket) -> None:
+        while data := recv(source):
+            for start in range(0, len(data), 8192):
+                chunk = data[start : start + 8192]
+                self._wait_for(len(chunk))
+                if not send(target, chunk):
+                    return
+        close_write(target)
+
+    def _wait_for(self, size: int) -> None:
+        """Reserve the link for `size` bytes after every earlier reservation, then wait for it."""
+        with self._budget:
+            begin = max(self._next, time.monotonic())
+            self._next = begin + size / self.rate
+        time.sleep(max(begin - time.monotonic(), 0.0))

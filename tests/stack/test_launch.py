@@ -157,12 +157,10 @@ def test_password_never_reaches_the_command_files_or_logs(stack: Stack, home: Pa
         assert secret not in files
         assert secret not in (tmp_path / "ps.txt").read_text()
         assert secret not in result.stderr + result.stdout
-    # The run's own application credential is in its rclone.conf, never in the log.
-    run_secret = next(
-        line.split(" = ", 1)[1]
-        for line in files.splitlines()
-        if line.startswith("application_credential_secret")
-    )
+    # The run's rclone.conf holds the token service's key, never a Keystone secret; the key
+    # is never in the log either.
+    assert "application_credential" not in files
+    run_secret = next(line.split(" = ", 1)[1] for line in files.splitlines() if line.startswith("key = "))
     token = next(
         line.split("=", 1)[1] for line in files.splitlines() if line.startswith("export OS_AUTH_TOKEN")
     )
@@ -180,6 +178,7 @@ def test_keep_password_passes_it_on(stack: Stack, home: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+# Without the token service (it could not start) the run's rclone.conf holds the credential.
 SAVE_CREDENTIAL_ID = 'sed -n "s/^application_credential_id = //p" "$RCLONE_CONFIG" > "$OUT"'
 
 
@@ -193,7 +192,7 @@ def test_run_credential_exists_during_the_run_and_is_revoked_after(
 ) -> None:
     out = tmp_path / "cred"
     script = f"{SAVE_CREDENTIAL_ID}; rclone lsf allas:"
-    result = allasrun(["--", "sh", "-c", script], user_env(stack, home, OUT=str(out)))
+    result = allasrun(["--no-token-service", "--", "sh", "-c", script], user_env(stack, home, OUT=str(out)))
     assert result.returncode == 0, result.stderr
     credential_id = out.read_text().strip()
     assert credential_id
@@ -208,7 +207,7 @@ def test_run_credential_is_live_while_the_command_runs(stack: Stack, home: Path,
     stop = tmp_path / "stop"
     script = f'{SAVE_CREDENTIAL_ID}; while [ ! -e "$STOP" ]; do sleep 0.1; done'
     proc = subprocess.Popen(
-        [*ALLASRUN, "--", "sh", "-c", script],
+        [*ALLASRUN, "--no-token-service", "--", "sh", "-c", script],
         env=user_env(stack, home, OUT=str(out), STOP=str(stop)),
         stderr=subprocess.DEVNULL,
     )

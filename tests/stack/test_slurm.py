@@ -149,7 +149,7 @@ WRAPPED_JOB = """#!/bin/bash
 # No allasrun word here: `allasrun sbatch` runs this batch step under allasrun.
 env > job-env.txt
 stat -c %a "$ALLASRUN_CREDENTIALS" > cred-mode.txt
-sed -n 's/^application_credential_id = //p' "$RCLONE_CONFIG" > cred-id.txt
+sed -n 's/^ *"id": "\\(.*\\)",$/\\1/p' "$ALLASRUN_CREDENTIALS" > cred-id.txt
 tr a-z A-Z < words.txt > result.txt
 """
 
@@ -203,6 +203,7 @@ MANY_TASKS = """#!/bin/bash
 mkdir -p out
 out='out/task-$SLURM_PROCID.txt'
 work="rclone lsf allas:slurm-data/in > $out; cat words.txt >> $out"
+work="$work; echo \\$ST_AUTH > auth-\\$SLURM_PROCID.txt"
 srun -n 2 allasrun -- sh -c "$work"
 """
 
@@ -222,6 +223,9 @@ def test_srun_tasks_share_one_keeper_and_stage_once(
     for rank in (0, 1):
         uploaded = job.uploaded(f"srun/{job.id}/task-{rank}.txt")
         assert uploaded == "words.txt\nhello allas\n", output
+    # The follower re-authenticates at the leader's token service.
+    services = {(tmp_path / f"auth-{rank}.txt").read_text() for rank in (0, 1)}
+    assert len(services) == 1 and services.pop().startswith("http://127.0.0.1:"), output
 
 
 WARNED_JOB = """#!/bin/bash
