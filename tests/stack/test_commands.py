@@ -111,6 +111,8 @@ def test_update_user_config_keeps_other_sections(stack: Stack, home: Path) -> No
     assert result.returncode == 0, result.stderr
     assert "user-conf-bucket/" in result.stdout.splitlines()
     assert {"work:", "puhti:", "allas:"} <= set(result.stdout.split())
+    # rclone read the user's file, and RCLONE_CONFIG_ALLAS_* sent it to the run's token service.
+    assert "token service: 1 answer(s)" in result.stderr, result.stderr
     text = conf.read_text()
     assert text.startswith(USER_CONF)
     assert "[allas]\ntype = swift\n" in text
