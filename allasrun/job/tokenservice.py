@@ -182,11 +182,13 @@ class TokenService:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as error:  # out of file descriptors, say: try again on the next event
+            except OSError as error:  # out of file descriptors, say: free one, try again soon
                 log.debug("token service: accept failed: %s", error)
+                if not self._drop_oldest():
+                    time.sleep(0.05)  # the listener stays readable: do not spin
                 return
             if len(self._clients) >= SLOTS:
-                self._drop(min(self._clients.values(), key=lambda client: client.deadline))
+                self._drop_oldest()
             sock.setblocking(False)
             client = _Client(sock, time.monotonic() + DEADLINE)
             self._clients[sock.fileno()] = client
@@ -203,6 +205,10 @@ class TokenService:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:  # reset by the client: nothing to answer
+            self._drop(client)
+        except Exception as error:  # a defect costs this request, never the service or the job
+            log.warning("token service: internal error %s: %s; request dropped", type(error).__name__, error)
+            log.debug("traceback of the token service error above", exc_info=True)
             self._drop(client)
 
     def _receive(self, client: _Client) -> None:
@@ -272,6 +278,13 @@ class TokenService:
         """Drop clients past their deadline: a silent connection must not hold a slot for ever."""
         for client in [client for client in self._clients.values() if client.deadline <= now]:
             self._drop(client)
+
+    def _drop_oldest(self) -> bool:
+        """Make room by dropping the longest-waiting client; whether there was one."""
+        if not self._clients:
+            return False
+        self._drop(min(self._clients.values(), key=lambda client: client.deadline))
+        return True
 
     def _drop(self, client: _Client) -> None:
         self._clients.pop(client.sock.fileno(), None)

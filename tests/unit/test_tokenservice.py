@@ -191,3 +191,16 @@ def test_a_service_that_cannot_listen_is_a_warning_and_no_service(
     monkeypatch.setattr(socket, "create_server", no_port)
     assert TokenService.open(lambda: TOKEN) is None
     assert "cannot start the token service" in logged.text and "Address already in use" in logged.text
+
+
+def test_a_defect_in_answering_costs_one_request_not_the_service(
+    service: TokenService, monkeypatch: pytest.MonkeyPatch, logged: pytest.LogCaptureFixture
+) -> None:
+    def broken(head: bytes) -> None:
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tokenservice, "_parse", broken)
+        assert _get(service, "allasrun", service.access.key) == b""  # dropped, not answered
+    assert _status(_get(service, "allasrun", service.access.key)) == 200
+    assert "token service: internal error RuntimeError: a bug; request dropped" in logged.text
