@@ -21,6 +21,8 @@ class Schedule:
     jitter: float = 0.1
     retry_first: float = 1.0
     retry_max: float = 60.0
+    retry_share: float = 0.05  # of a token's life: the most time between two retries
+    retry_jitter: float = 0.5  # a retry comes after this share of its delay, or up to all of it
     min_share: float = 0.1  # of a token's life: the least time between two renewals
 
     def margin_for(self, token: Token) -> float:
@@ -56,7 +58,34 @@ class Schedule:
             due = max(due, renewed_at + self.min_interval(token))
         return max(due - now, 0.0)
 
-    def retry_delay(self, attempt: int) -> float:
-        """Exponential backoff: 1, 2, 4 ... seconds, capped (k5start retries every minute)."""
+    def retry_delay(self, attempt: int, token: Token, spread: float) -> float:
+        """Jittered exponential backoff: 1, 2, 4 ... seconds, capped, `spread` in [0, 1).
+
+        The cap is a minute (k5start retries every minute), or a twentieth of the token's life
+        if that is less (4.5 s on the test stack), so the renewal follows Keystone's return
+        within a small share of the life left. Jitter keeps the keepers of many jobs, all
+        failing since the same outage, from returning to Keystone at the same instant.
+        """
+        cap = self.retry_cap(token)
         # The exponent is bounded: 2.0**1025 overflows, and a day-long outage counts that far.
-        return float(min(self.retry_max, self.retry_first * 2.0 ** min(attempt - 1, 64)))
+        base = min(cap, self.retry_first * 2.0 ** min(attempt - 1, 64))
+        return float(base * (1 - self.retry_jitter * spread))
+
+    def retry_cap(self, token: Token) -> float:
+        """The longest wait between two attempts to renew `token`."""
+        return min(self.retry_max, max(self.retry_first, token.lifetime * self.retry_share))
+
+    def clock_offset(self, token: Token, received_at: float) -> float:
+        """How far the local clock runs ahead of Keystone's (negative: behind); 0 if none shows.
+
+        `received_at` is when the token arrived, by the local clock. Keystone stamps
+        `issued_at` by its own clock before it answers, so a token that seems issued after it
+        arrived, or before by more than its renewal share, reveals the skew (give or take the
+        answer's way back, a renewal that much late). Within that range the local clock is
+        trusted: a token from the cache, issued earlier by another run, looks just like a
+        small skew ahead, and that only renews early.
+        """
+        age = received_at - token.issued_at
+        if age < 0 or age > token.lifetime - self.margin_for(token):
+            return age
+        return 0.0

@@ -2,7 +2,9 @@
 
 It sleeps until the schedule's renewal point, asks the `TokenSource` to renew (which writes
 the client files through its listeners before handing the token out), and on failure retries
-with backoff for as long as the job runs. Nothing it does can end the job.
+with jittered backoff for as long as the job runs, saying once that renewal fails and once
+that it works again. Token times are Keystone's: the keeper reads them by Keystone's clock as
+far as the last token shows it. Nothing it does can end the job.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from allasrun.auth import TokenSource, duration
+from allasrun.auth import Schedule, Token, TokenSource, duration
 from allasrun.errors import AllasrunError
 from allasrun.log import log
 
@@ -55,30 +57,30 @@ class Keeper:
         if not self._source.token.renewable:
             self._watch_expiry()
             return
-        attempt = 0
-        renewed_at: Optional[float] = None  # by the local clock, which may run ahead of Keystone's
+        # Keystone stamps the token's times by its own clock; reading them by a node clock that
+        # is off by more than half a life would renew in a loop, or only after the expiry.
+        offset = self._schedule.clock_offset(self._source.token, self._clock())
+        outage = _Outage(self._schedule)
+        renewed_at: Optional[float] = None  # by Keystone's clock, as far as `offset` tells it
         while True:
             planned = self._source.token
-            if attempt == 0:
-                delay = self._schedule.delay(planned, self._clock(), random.random(), renewed_at)
+            if outage.attempts == 0:
+                delay = self._schedule.delay(planned, self._clock() - offset, random.random(), renewed_at)
             else:
-                delay = self._schedule.retry_delay(attempt)
+                delay = self._schedule.retry_delay(outage.attempts, planned, random.random())
             if self._stopping.wait(delay):
                 return
-            if attempt == 0 and self._source.token is not planned:
-                renewed_at = self._clock()
+            if outage.attempts == 0 and self._source.token is not planned:
+                renewed_at = self._clock() - offset
                 continue  # a 401 renewed it meanwhile: schedule from the new token
             try:
-                self._source.renew(planned)
-            except (AllasrunError, OSError) as error:
-                attempt += 1
-                self._report_failure(attempt, error)
+                fresh = self._source.renew(planned)
+            except Exception as error:  # a bug must not end the job either: it is retried alike
+                outage.failed(error, planned, self._clock() - offset)
                 continue
-            except Exception as error:  # a bug must not end the job: log it and retry
-                attempt += 1
-                log.exception("renewal attempt %d failed unexpectedly: %s", attempt, error)
-                continue
-            attempt, renewed_at = 0, self._clock()
+            offset = self._schedule.clock_offset(fresh, self._clock())
+            renewed_at = self._clock() - offset
+            outage.ended(renewed_at)
 
     def _watch_expiry(self) -> None:
         """Say when a token that cannot be renewed expires: from then on every client fails."""
@@ -90,13 +92,48 @@ class Keeper:
                 token.expiry_text(),
             )
 
-    def _report_failure(self, attempt: int, error: Exception) -> None:
-        left = self._source.token.remaining(self._clock())
-        state = f"current token expires in {duration(left)}" if left > 0 else "current token has EXPIRED"
-        log.warning(
-            "renewal attempt %d failed: %s; %s; retrying in %s",
-            attempt,
-            error,
-            state,
-            duration(self._schedule.retry_delay(attempt)),
-        )
+
+class _Outage:
+    """Failed renewals since the last success: logged when they begin and when they end.
+
+    Keystone down for an hour means a hundred attempts; each is a debug line, and the user
+    sees two warnings (and an error if the token runs out meanwhile), as k5start's log does.
+    """
+
+    def __init__(self, schedule: Schedule) -> None:
+        self._schedule = schedule
+        self.attempts = 0
+        self._began = 0.0
+        self._expired = False
+
+    def failed(self, error: Exception, token: Token, now: float) -> None:
+        if not isinstance(error, (AllasrunError, OSError)):
+            log.debug("traceback of the renewal failure below", exc_info=True)
+            error = AllasrunError(f"internal error {type(error).__name__}: {error}")
+        self.attempts += 1
+        log.debug("renewal attempt %d failed: %s", self.attempts, error)
+        left = token.remaining(now)
+        if self.attempts == 1:
+            self._began = now
+            log.warning(
+                "cannot renew the token: %s; retrying at most %s apart; the current token expires in %s",
+                error,
+                duration(self._schedule.retry_cap(token)),
+                duration(left),
+            )
+        if left <= 0 and not self._expired:
+            self._expired = True
+            log.error(
+                "the token expired at %s and still cannot be renewed: the command's clients fail "
+                "until Keystone answers again; still retrying",
+                token.expiry_text(),
+            )
+
+    def ended(self, now: float) -> None:
+        if self.attempts:
+            log.warning(
+                "renewed the token again after %d failed attempt(s) over %s",
+                self.attempts,
+                duration(now - self._began),
+            )
+        self.attempts, self._expired = 0, False

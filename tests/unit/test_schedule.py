@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from allasrun.auth.schedule import Schedule
 from allasrun.auth.token import Token
 
@@ -35,13 +37,36 @@ def test_fresh_enough_means_more_than_the_margin_left() -> None:
 
 def test_backoff_doubles_up_to_a_minute() -> None:
     schedule = Schedule()
-    assert [schedule.retry_delay(n) for n in (1, 2, 3, 7, 20)] == [1.0, 2.0, 4.0, 60.0, 60.0]
+    delays = [schedule.retry_delay(n, ALLAS_TOKEN, 0.0) for n in (1, 2, 3, 7, 20)]
+    assert delays == [1.0, 2.0, 4.0, 60.0, 60.0]
 
 
 def test_backoff_stays_capped_however_long_the_outage() -> None:
     """Attempt 1026 is 17 hours of failures at the 60 s cap: the delay must still be 60 s."""
-    assert Schedule().retry_delay(1026) == 60.0
-    assert Schedule().retry_delay(10**6) == 60.0
+    assert Schedule().retry_delay(1026, ALLAS_TOKEN, 0.0) == 60.0
+    assert Schedule().retry_delay(10**6, ALLAS_TOKEN, 0.0) == 60.0
+
+
+def test_backoff_of_a_short_token_is_capped_at_a_twentieth_of_its_life() -> None:
+    """A 90 s token retried a minute apart could expire between two attempts."""
+    assert Schedule().retry_delay(20, TEST_TOKEN, 0.0) == 4.5
+
+
+def test_backoff_is_jittered_down_by_at_most_half() -> None:
+    schedule = Schedule()
+    assert schedule.retry_delay(7, ALLAS_TOKEN, 0.999) == pytest.approx(30.03)
+    assert schedule.retry_delay(1, ALLAS_TOKEN, 0.5) == 0.75
+
+
+@pytest.mark.parametrize("skew", [600.0, -600.0, 50.0, -0.5])
+def test_a_fresh_token_shows_a_skewed_clock(skew: float) -> None:
+    assert Schedule().clock_offset(TEST_TOKEN, TEST_TOKEN.issued_at + skew) == skew
+
+
+@pytest.mark.parametrize("age", [0.0, 0.2, 45.0])
+def test_a_token_younger_than_its_renewal_share_shows_nothing(age: float) -> None:
+    """A cached token of another run looks like a clock ahead by its age: trusted, renewed early."""
+    assert Schedule().clock_offset(TEST_TOKEN, TEST_TOKEN.issued_at + age) == 0.0
 
 
 def test_renewals_keep_a_minimum_distance_when_the_clock_runs_ahead() -> None:
