@@ -187,6 +187,24 @@ def sbatch(
     raise typer.Exit(sbatch_command.run(options, os.environ))
 
 
+@app.command(
+    "stage-out",
+    help="Upload the files a failed stage-out's report says did not land, where the job meant them.",
+)
+def stage_out(
+    report: Annotated[Path, typer.Argument(metavar="REPORT")],
+    storage_url: Annotated[
+        Optional[str], typer.Option(metavar="URL", help="Swift URL to use instead of the catalog's.")
+    ] = None,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    from allasrun.commands import stageout
+
+    _setup(verbose, quiet)
+    raise typer.Exit(stageout.run(report, os.environ, storage_url))
+
+
 @app.command("login", help="Store an application credential so later runs need no password.")
 def login(
     days: Annotated[float, typer.Option(metavar="DAYS", help="Days until the credential expires.")] = 30.0,

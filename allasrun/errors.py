@@ -123,13 +123,28 @@ class AuthenticationFailed(AllasrunError):
 
 
 class StoreError(AllasrunError):
-    """The object store refused or failed a request (after the client's own retries)."""
+    """The object store refused or failed a request (after the client's own retries).
+
+    `transient`: no answer, a server error or throttling (408, 429, 498, 5xx), worth asking
+    again; `retry_after`: the seconds the server asked to wait first (`Retry-After`);
+    `retried`: the store has already retried it as long as it may, so no caller should again.
+    """
 
     exit_code = EXIT_UNAVAILABLE
 
-    def __init__(self, message: str, http_status: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        http_status: Optional[int] = None,
+        *,
+        transient: bool = False,
+        retry_after: Optional[float] = None,
+    ) -> None:
         super().__init__(message)
         self.http_status = http_status
+        self.transient = transient
+        self.retry_after = retry_after
+        self.retried = False
 
 
 class BucketMissing(StoreError):

@@ -20,7 +20,7 @@ DEFAULT_SEGMENT = 5 * GIB  # Swift's object size limit on Allas
 _MAGIC = re.compile(r"[*?\[]")
 _PLACEHOLDER = re.compile(r"%(.)|\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_SIZE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
+_SIZE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE | re.ASCII)  # not the Kelvin sign's K
 
 
 def is_pattern(text: str) -> bool:
@@ -41,7 +41,7 @@ class Settings:
     project: Optional[str] = None
     threads: int = 8
     segment_size: int = DEFAULT_SEGMENT
-    retries: int = 3
+    retries: int = 5  # 1+2+4+8+16 s: an outage of half a minute per request is ridden out
     report: Optional[str] = None
     progress: float = 60.0
     # In a Slurm job with stage-out: signal the command this long before the time limit
@@ -204,6 +204,8 @@ def _remote(directive: Directive, text: str, strict_name: bool, known: bool = Tr
     yet; the job checks it with its name filled in.
     """
     name = text[len("allas:") :] if text.startswith("allas:") else text
+    if not is_utf8(name):
+        raise directive.fail(f"{text!r} is not UTF-8 (a variable holds other bytes); Swift's names must be")
     bucket, _, key = name.partition("/")
     if not bucket:
         raise directive.fail(f"no bucket in {text!r}")
@@ -221,12 +223,28 @@ def _remote(directive: Directive, text: str, strict_name: bool, known: bool = Tr
     return bucket, key
 
 
+def is_utf8(text: str) -> bool:
+    """Whether `text` is UTF-8: bytes that are not (in a variable, a listing) arrive as lone surrogates."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _utf8(value: str) -> str:
+    """`value`, if it is UTF-8: a project name goes to Keystone, which takes nothing else."""
+    if not is_utf8(value):
+        raise ValueError(f"{value!r} is not UTF-8 (a variable holds other bytes)")
+    return value
+
+
 def _settings(directive: Directive, words: Sequence[str], settings: Settings) -> Settings:
     for word in words:
         name, _, value = word.partition("=")
         try:
             if name == "project":
-                settings = replace(settings, project=value)
+                settings = replace(settings, project=_utf8(value))
             elif name == "report":
                 settings = replace(settings, report=value)
             elif name == "segment-size":

@@ -4,26 +4,37 @@ The job side calls three things in order, `stage_in`, `stage_out` and `finish`, 
 the exit statuses they return; what is fetched, uploaded, judged and reported is decided
 here. The store (and swiftclient) is built on first use: a run that stages nothing never
 imports it.
+
+A stage-out that fails always leaves a report (the one asked for, or `RECORD` in the working
+directory), and `resume` uploads what such a report says did not land: the job's results
+reach the objects the job named, whoever finishes it and whenever.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from allasrun.errors import LocalFileError, UsageError
+from allasrun.errors import EXIT_STAGE_OUT, LocalFileError, UsageError
 from allasrun.log import log
 from allasrun.staging.plan import StagePlan
 from allasrun.staging.result import StageResult, after_stage_in, after_stage_out
 from allasrun.staging.select import local_path
-from allasrun.staging.transfer import Transfer, summarise
+from allasrun.staging.transfer import CANCELLED, FAILED, MISSING, Transfer, not_moved, summarise
 
 if TYPE_CHECKING:  # the stager (threads, hashing) and the store load only when something is staged
+    from allasrun.staging.report import Record
     from allasrun.staging.stager import Stager
     from allasrun.staging.store import Credentials, Store
+
+# The report a failed stage-out writes when none was asked for, in the working directory: named
+# apart for each node and run, since the nodes of a job may share that directory.
+RECORD = "allasrun-stage-out-{stamp}-{host}-{pid}.json"
+UNLANDED = (FAILED, CANCELLED)  # what finishing a stage-out uploads again
 
 
 class StagingRun:
@@ -99,24 +110,73 @@ class StagingRun:
         return self._keep(after_stage_out(transfers, command_status))
 
     def finish(self, final: int, command_status: Optional[int]) -> int:
-        """Write the JSON report if one was asked for; `final` is returned whatever happens.
+        """Write the JSON report if one was asked for or stage-out failed; `final` is returned.
 
         A report that cannot be written is logged, never allowed to replace the status of a
         command that has already run.
         """
+        unlanded = [t for t in self.transfers if t.direction == "stage-out" and t.status in UNLANDED]
         name = self.plan.settings.report
-        if name is None:
+        if name is None and not unlanded:
             return final
+        stamp, host = time.strftime("%Y%m%d-%H%M%S"), socket.gethostname().split(".")[0]
+        name = name or RECORD.format(stamp=stamp, host=host, pid=os.getpid())
+        path = self._write_report(local_path(name, self.workdir), final, command_status)
+        if path and unlanded:
+            log.error(
+                "%d file(s) did not land; upload them when Allas is back: allasrun stage-out %s",
+                len(unlanded),
+                path,
+            )
+        return final
+
+    def _write_report(self, path: Path, final: int, command_status: Optional[int]) -> Optional[Path]:
         from allasrun.staging import report
 
-        path = local_path(name, self.workdir)
         try:
-            report.write(path, final, command_status, self.transfers)
+            report.write(path, final, command_status, self.transfers, self.plan, self.workdir)
         except OSError as error:
             log.error("cannot write the transfer report %s: %s", path, error.strerror or error)
-            return final
+            return None
         log.info("transfer report written to %s", path)
-        return final
+        return path
+
+    @staticmethod
+    def record(path: Path) -> Record:
+        """A report read back, to finish its stage-out (`resume`)."""
+        from allasrun.staging import report
+
+        return report.read(path)
+
+    def resume(self, record: Record) -> int:
+        """Upload the files `record` says did not land; rewrite it; 0 if all landed now, else 75.
+
+        Each directive with such a file is listed again, and only those files are uploaded
+        (an identical object already there is skipped). A file gone since is MISSING. The
+        report keeps the other transfers as they were and gets the new outcome of these.
+        """
+        pending = [t for t in record.transfers if t.direction == "stage-out" and t.status in UNLANDED]
+        wanted = {(t.source, t.destination) for t in pending}
+        specs = [s for s in self.plan.stage_out if any(t.where == s.where for t in pending)]
+        started = time.monotonic()
+        done = self.stager.stage_out(specs, only=wanted) if pending else []
+        seen = {(t.source, t.destination) for t in done}
+        done += [
+            not_moved(
+                "stage-out", t.where, t.source, t.destination, MISSING, f"{t.source} is no longer there"
+            )
+            for t in pending
+            if (t.source, t.destination) not in seen
+        ]
+        log.info("%s", summarise("stage-out", done, time.monotonic() - started))
+        kept = [t for t in record.transfers if (t.source, t.destination) not in wanted]
+        result = after_stage_out(done, 0)
+        self.transfers = kept + list(result.transfers)
+        status = record.command_status
+        final = EXIT_STAGE_OUT if result.exit_status else (status if status is not None else 0)
+        if self._write_report(record.path, final, status) and result.exit_status:
+            log.error("upload them when Allas is back: allasrun stage-out %s", record.path)
+        return result.exit_status or 0
 
     def _keep(self, result: StageResult) -> StageResult:
         self.transfers += result.transfers

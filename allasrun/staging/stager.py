@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, Optional, TypeVar
 
-from allasrun.errors import AllasrunError, StoreError
+from allasrun.errors import AllasrunError, BucketMissing, StoreError
 from allasrun.log import log
 from allasrun.staging.fetch import Fetch, Fetcher, fetch_record, spec_record
 from allasrun.staging.plan import Settings, StageIn, StageOut
 from allasrun.staging.progress import Progress
 from allasrun.staging.put import Put, Uploader, listed_size, put_record
-from allasrun.staging.store import Store
-from allasrun.staging.transfer import CANCELLED, FAILED, Interrupted, Transfer, not_moved
+from allasrun.staging.store import RemoteObject, Segment, Store
+from allasrun.staging.transfer import CANCELLED, FAILED, Interrupted, Transfer
 from allasrun.staging.workers import POLL, Workers
 
 T = TypeVar("T")
@@ -83,8 +83,14 @@ class Stager:
         """The local files a stage-out directive names, each with its object name (`Uploader.resolve`)."""
         return self._uploader.resolve(spec)
 
-    def stage_out(self, specs: Sequence[StageOut]) -> list[Transfer]:
-        """Upload every file the directives name; each failure is recorded, none stops the rest."""
+    def stage_out(
+        self, specs: Sequence[StageOut], only: Optional[Collection[tuple[str, str]]] = None
+    ) -> list[Transfer]:
+        """Upload every file the directives name; each failure is recorded, none stops the rest.
+
+        `only`: just these (source, destination) pairs, as a report names them (finishing an
+        earlier stage-out); nothing else the directives name now is touched or reported.
+        """
         puts: list[Put] = []
         records: list[Transfer] = []
         for spec in specs:
@@ -92,30 +98,45 @@ class Stager:
                 self.store.ensure_bucket(spec.bucket)
                 found, problems = self.resolve_out(spec)
             except StoreError as error:
-                target = f"allas:{spec.bucket}/{spec.key}"
-                found, problems = (
-                    [],
-                    [not_moved("stage-out", spec.where, spec.source, target, FAILED, str(error))],
-                )
+                found, problems = self._unreachable(spec, error)
+            if only is not None:
+                found = [p for p in found if (str(p.file.path), put_record(p).destination) in only]
+                problems = [t for t in problems if (t.source, t.destination) in only]
             puts += found
             records += problems
         total = sum(listed_size(p.file) for p in puts)
         jobs = [(put_record(p), partial(self._uploader.put, p)) for p in puts]
         return records + self._run("stage-out", jobs, total, lambda: False)
 
+    def _unreachable(self, spec: StageOut, error: StoreError) -> tuple[list[Put], list[Transfer]]:
+        """The store failed before any upload: every file of the directive is named as FAILED.
+
+        Named one by one, so the log and the report say exactly what did not land, and a later
+        `allasrun stage-out REPORT` knows what to upload.
+        """
+        found, problems = Uploader(_Unlisted(error), self.settings, self.workdir, self._retry).resolve(spec)
+        return [], problems + [replace(put_record(p), status=FAILED, error=str(error)) for p in found]
+
     # ---------------------------------------------------------------- shared
 
     def _retry(self, attempt: Callable[[], T]) -> T:
-        """Try up to `retries` times with 1, 2, 4 ... s between; the last error is raised."""
+        """Try up to `retries` times with 1, 2, 4 ... s between; the last error is raised.
+
+        What the store has already retried (an outage, throttling) is not tried again here:
+        its waits would multiply, and a throttled job could outlive its time limit.
+        """
         for number in range(1, self.settings.retries + 1):
             if self._stop.is_set():
                 raise Interrupted
             try:
                 return attempt()
-            except (StoreError, OSError):
+            except StoreError as error:
+                if error.retried or number == self.settings.retries:
+                    raise
+            except OSError:
                 if number == self.settings.retries:
                     raise
-                time.sleep(min(2 ** (number - 1), 30))
+            time.sleep(min(2 ** (number - 1), 30))
         raise AssertionError("unreachable")
 
     def _run(
@@ -195,6 +216,37 @@ class Stager:
             for result in pool.collect(POLL):
                 done(result)
         self._fetcher.remove_temporaries()
+
+
+class _Unlisted:
+    """A store that could not be reached: nothing is listed, so local files can still be named."""
+
+    def __init__(self, error: StoreError) -> None:
+        self.error = error
+
+    def listing(self, bucket: str, prefix: str) -> list[RemoteObject]:
+        raise BucketMissing(str(self.error))
+
+    def bucket_exists(self, bucket: str) -> bool:
+        raise self.error
+
+    def ensure_bucket(self, bucket: str) -> None:
+        raise self.error
+
+    def segments(self, bucket: str, obj: RemoteObject) -> list[Segment]:
+        raise self.error
+
+    def download(self, bucket: str, name: str) -> tuple[dict[str, str], Iterator[bytes]]:
+        raise self.error
+
+    def upload(self, bucket: str, name: str, source: BinaryIO, size: int) -> tuple[str, str]:
+        raise self.error
+
+    def put_manifest(self, bucket: str, name: str, segments: list[Segment]) -> None:
+        raise self.error
+
+    def delete(self, bucket: str, name: str) -> None:
+        raise self.error
 
 
 def _timed(job: Callable[[Transfer], None], record: Transfer) -> Transfer:

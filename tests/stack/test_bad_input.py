@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +22,12 @@ def run_marker_job(env: dict[str, str], tmp_path: Path, *options: str) -> tuple[
     return result.returncode, result.stderr, marker.exists()
 
 
+RETRYING = re.compile(r"; retrying in \d+ s$")
+
+
 def assert_one_error_line(stderr: str, *fragments: str) -> None:
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    """One `error:` line; before it, at most the progress of retries against a server that failed."""
+    lines = [line for line in stderr.splitlines() if line.strip() and not RETRYING.search(line)]
     assert len(lines) == 1, stderr
     assert "error:" in lines[0]
     for fragment in fragments:

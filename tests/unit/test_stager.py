@@ -9,11 +9,15 @@ from __future__ import annotations
 import random
 import threading
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from allasrun.staging.plan import Settings, StageIn, StageOut
+from allasrun.errors import EXIT_STAGE_OUT, UsageError
+from allasrun.staging.plan import Settings, StageIn, StageOut, StagePlan
+from allasrun.staging.run import StagingRun
 from allasrun.staging.stager import Stager
+from allasrun.staging.store import Credentials
 from allasrun.staging.transfer import CANCELLED, DONE, FAILED, MISSING, REFUSED, SKIPPED, Transfer
 from tests.unit.fakestore import FakeStore, md5, unavailable
 
@@ -356,8 +360,78 @@ def test_stage_out_bucket_cannot_be_created(store: FakeStore, tmp_path: Path, re
     store.fail("ensure_bucket", unavailable("create out"))
     other = StageOut("job.sh:4", "results/a.txt", "other", "a.txt")
     records = stage_out(store, tmp_path, OUT, other)
-    record = records["allas:out/run1/"]
-    assert (record.status, record.where, record.source) == (FAILED, "job.sh:3", "results/")
-    assert record.error == "cannot create out: HTTP 503 Service Unavailable"
+    # every file of the directive is named, so the report says exactly what to upload later
+    for name in ("a.txt", "sub/b.txt"):
+        record = records[f"allas:out/run1/{name}"]
+        assert (record.status, record.where, record.source) == (FAILED, "job.sh:3", str(results / name))
+        assert record.error == "cannot create out: HTTP 503 Service Unavailable"
     assert records["allas:other/a.txt"].status == DONE  # one failure does not stop the rest
     assert store.names("other") == ["a.txt"]
+    assert files(results) == {"a.txt": b"first\n", "sub/b.txt": b"bee\n"}  # untouched
+
+
+def test_stage_out_does_not_retry_what_the_store_already_retried(
+    store: FakeStore, tmp_path: Path, results: Path, sleeps: list[float]
+) -> None:
+    """An outage or throttling the store waited out already: retrying here would multiply its waits."""
+    exhausted = unavailable("upload")
+    exhausted.retried = True
+    store.fail("upload", exhausted)
+    records = stage_out(store, tmp_path)
+    assert sorted(statuses(records).values()) == [DONE, FAILED]  # whichever upload came first failed
+    assert store.count("upload") == 2 and sleeps == []  # each file once
+
+
+def test_stage_out_only_the_pairs_asked_for(store: FakeStore, tmp_path: Path, results: Path) -> None:
+    """Finishing a stage-out from its report: the other files are neither uploaded nor reported."""
+    (results / "new.txt").write_bytes(b"written after the job\n")
+    only = {(str(results / "sub/b.txt"), "allas:out/run1/sub/b.txt")}
+    records = stager(store, tmp_path).stage_out([OUT], only=only)
+    assert [(t.destination, t.status) for t in records] == [("allas:out/run1/sub/b.txt", DONE)]
+    assert store.names("out") == ["run1/sub/b.txt"]
+
+
+# ---------------------------------------------------------------- finishing a failed stage-out
+
+
+def test_a_failed_stage_out_leaves_a_report_that_finishes_it(
+    store: FakeStore, tmp_path: Path, results: Path
+) -> None:
+    """Store down: 75 and a report in the working directory; back: `resume` lands exactly those files."""
+    plan = StagePlan(stage_out=[OUT], settings=Settings(segment_size=1024, progress=3600.0))
+    store.fail("ensure_bucket", unavailable("create out"))
+    run = StagingRun(plan, cast(Credentials, object()), tmp_path, store)
+    assert run.finish(run.stage_out(0).exit_status or 0, 0) == EXIT_STAGE_OUT
+    (path,) = tmp_path.glob("allasrun-stage-out-*.json")
+    (results / "new.txt").write_bytes(b"not the job's\n")  # written after: not uploaded
+    record = StagingRun.record(path)
+    later = StagingRun(record.plan, cast(Credentials, object()), record.workdir, store)
+    assert later.resume(record) == 0
+    assert store.names("out") == ["run1/a.txt", "run1/sub/b.txt"]
+    finished = StagingRun.record(path)
+    assert {t.status for t in finished.transfers} == {DONE} and finished.exit_status == 0
+    assert files(results) == {"a.txt": b"first\n", "sub/b.txt": b"bee\n", "new.txt": b"not the job's\n"}
+
+
+def test_a_file_gone_before_the_finish_is_reported_missing(
+    store: FakeStore, tmp_path: Path, results: Path
+) -> None:
+    plan = StagePlan(stage_out=[OUT], settings=Settings(progress=3600.0))
+    store.fail("ensure_bucket", unavailable("create out"))
+    run = StagingRun(plan, cast(Credentials, object()), tmp_path, store)
+    run.finish(run.stage_out(0).exit_status or 0, 0)
+    (path,) = tmp_path.glob("allasrun-stage-out-*.json")
+    (results / "a.txt").unlink()
+    record = StagingRun.record(path)
+    assert (
+        StagingRun(record.plan, cast(Credentials, object()), record.workdir, store).resume(record)
+        == EXIT_STAGE_OUT
+    )
+    statuses = {t.destination: t.status for t in StagingRun.record(path).transfers}
+    assert statuses == {"allas:out/run1/a.txt": MISSING, "allas:out/run1/sub/b.txt": DONE}
+
+
+def test_a_file_that_is_not_a_report_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "x.json").write_text('{"exit_status": 0}')
+    with pytest.raises(UsageError, match="not a stage-out report of allasrun"):
+        StagingRun.record(tmp_path / "x.json")

@@ -8,6 +8,8 @@ the URL. The real servers are exercised by tests/stack against both back ends.
 
 from __future__ import annotations
 
+import email.utils
+import hashlib
 import io
 import json
 import socket
@@ -189,3 +191,91 @@ def test_a_stalled_server_times_out() -> None:
         with pytest.raises(StoreError, match=f"cannot list {url}/b: .*[Tt]imed out"):
             store.listing("b", "")
     assert time.monotonic() - started < 20
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The delays SwiftStore would have slept before its retries."""
+    delays: list[float] = []
+    monkeypatch.setattr("allasrun.staging.swift.time.sleep", delays.append)
+    return delays
+
+
+def _answers(mocker: requests_mock.Mocker, method: str, url: str, *answers: dict[str, Any]) -> None:
+    """The first answers in order; the last one again for every request after them."""
+    mocker.register_uri(method, url, list(answers))
+
+
+THROTTLED = [503, 429, 498]  # overloaded, Too Many Requests, Swift's rate limit
+
+
+@pytest.mark.parametrize("status", THROTTLED)
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [(None, [1.0, 2.0]), ("7", [7.0, 7.0]), ("3600", [60.0, 60.0])],
+    ids=["no-retry-after", "retry-after", "an-hour-capped"],
+)
+def test_throttling_is_retried_honouring_retry_after(
+    server: requests_mock.Mocker, waits: list[float], status: int, header: Any, expected: list[float]
+) -> None:
+    """Each wait is the backoff or the server's longer Retry-After, but never more than a minute."""
+    headers = {"Retry-After": header} if header else {}
+    throttled = {"status_code": status, "headers": headers, "text": "slow down"}
+    ok = {"text": "[]", "headers": {"Content-Type": "application/json"}}
+    _answers(server, "GET", f"{URL}/b", throttled, throttled, ok)
+    assert SwiftStore(Credentials(), retries=3).listing("b", "") == []
+    assert waits == expected
+
+
+def test_retry_after_as_an_http_date_is_honoured(server: requests_mock.Mocker, waits: list[float]) -> None:
+    when = email.utils.formatdate(time.time() + 20, usegmt=True)
+    throttled = {"status_code": 429, "headers": {"Retry-After": when}}
+    _answers(server, "HEAD", f"{URL}/b", throttled, {"status_code": 204})
+    assert SwiftStore(Credentials()).bucket_exists("b")
+    assert len(waits) == 1 and 17 <= waits[0] <= 20
+
+
+@pytest.mark.parametrize("status", THROTTLED)
+def test_throttling_past_the_retries_is_a_store_error_marked_retried(
+    server: requests_mock.Mocker, waits: list[float], status: int
+) -> None:
+    _answers(server, "HEAD", f"{URL}/b", {"status_code": status, "headers": {"Retry-After": "5"}})
+    with pytest.raises(StoreError, match=f"cannot look up {URL}/b: HTTP {status}") as raised:
+        SwiftStore(Credentials(), retries=2).bucket_exists("b")
+    assert raised.value.retried and raised.value.retry_after == 5.0
+    assert waits == [5.0, 5.0] and server.call_count == 3
+
+
+@pytest.mark.parametrize("status", [400, 403, 409])
+def test_a_refusal_is_not_retried(server: requests_mock.Mocker, waits: list[float], status: int) -> None:
+    _answers(server, "HEAD", f"{URL}/b", {"status_code": status})
+    with pytest.raises(StoreError) as raised:
+        SwiftStore(Credentials()).bucket_exists("b")
+    assert not raised.value.retried and waits == [] and server.call_count == 1
+
+
+def test_a_refused_connection_is_retried(server: requests_mock.Mocker, waits: list[float]) -> None:
+    refused = {"exc": requests.exceptions.ConnectionError("Connection refused")}
+    _answers(server, "HEAD", f"{URL}/b", refused, refused, {"status_code": 204})
+    assert SwiftStore(Credentials()).bucket_exists("b")
+    assert waits == [1.0, 2.0]
+
+
+def test_a_throttled_upload_is_sent_again_from_its_start(
+    server: requests_mock.Mocker, waits: list[float]
+) -> None:
+    data = b"0123456789" * 1000
+    digest = hashlib.md5(data).hexdigest()
+    bodies: list[bytes] = []
+
+    def answer(request: Any, context: Any) -> str:
+        bodies.append(request.body.read())  # swiftclient's LengthWrapper over the file
+        if len(bodies) == 1:
+            context.status_code, context.headers["Retry-After"] = 498, "2"
+        else:
+            context.status_code, context.headers["Etag"] = 201, digest
+        return ""
+
+    server.put(f"{URL}/b/x", text=answer)
+    assert SwiftStore(Credentials()).upload("b", "x", io.BytesIO(data), len(data)) == (digest, digest)
+    assert bodies == [data, data] and waits == [2.0]
