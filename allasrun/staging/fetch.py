@@ -5,11 +5,16 @@ whatever checksum the store vouches for (`verify`) and only then renames it, so 
 never holds a partial or corrupt file; folder markers are not files and are skipped. The
 temporary files are registered, so that a stop signal can remove them even while their
 threads are stuck. An identical file already in place is skipped, which makes a re-run resume.
+A SIGKILLed allasrun removes nothing: its temporary files carry its host and process id, so
+a re-run on that host removes those whose process is gone from each directory it stages into.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +38,10 @@ from allasrun.staging.transfer import (
     not_moved,
 )
 from allasrun.staging.verify import SIZE, Verifier, identical_by
+
+NAME_MAX = 255  # bytes in one file name (Linux, Lustre, NFS)
+HOST = socket.gethostname().split(".")[0]
+_TEMPORARY = re.compile(r"\..*\.allasrun-(?P<host>.+)-(?P<pid>[0-9]+)\.part", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,7 @@ class Fetcher:
         self._stop = stop
         self._lock = threading.Lock()
         self._temporaries: set[Path] = set()  # downloads' files not yet renamed or removed
+        self._swept: set[Path] = set()  # directories already cleared of killed runs' temporaries
 
     def resolve(self, spec: StageIn) -> tuple[list[Fetch], list[Transfer]]:
         """List what a stage-in directive matches; what is missing or unsafe becomes a record.
@@ -111,6 +121,7 @@ class Fetcher:
     def fetch(self, fetch: Fetch, record: Transfer) -> None:
         """One object into place, or skipped as identical: the job that fills in `record`."""
         obj, path = fetch.obj, fetch.path
+        self._sweep(path.parent)
         segments = self._retry(lambda: self._segments(fetch.spec.bucket, obj)) if obj.large else None
         identical = identical_by(path, obj, segments) if path.is_file() else ""
         if identical:
@@ -131,6 +142,28 @@ class Fetcher:
             for temporary in self._temporaries:
                 temporary.unlink(missing_ok=True)
             self._temporaries.clear()
+
+    def _sweep(self, directory: Path) -> None:
+        """Remove what killed allasruns on this host left in `directory`; once per directory.
+
+        Once, not per file: a directory of a million files is listed once. Only files named
+        as `temporary_name` makes them, for this host and a process that no longer exists: a
+        running allasrun's (this one's, or another job's staging the same input) is kept.
+        """
+        with self._lock:
+            if directory in self._swept:
+                return
+            self._swept.add(directory)
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:  # not made yet: nothing of anyone's in it
+            return
+        for entry in entries:
+            found = _TEMPORARY.fullmatch(entry.name)
+            if found and found["host"] == HOST and not _alive(int(found["pid"])):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    log.info("removed %s, left by an allasrun that was killed", entry.path)
 
     def _segments(self, bucket: str, obj: RemoteObject) -> list[Segment]:
         """The segments to verify a large object by; it is not fetched unverified.
@@ -156,7 +189,10 @@ class Fetcher:
     def _download(self, fetch: Fetch, segments: Optional[list[Segment]]) -> tuple[str, str]:
         """The object into a temporary file, verified, renamed into place: its MD5 and how it was verified."""
         obj, path = fetch.obj, fetch.path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise LocalFileError.of(error, "make the folder") from None
         headers, body = self.store.download(fetch.spec.bucket, obj.name)
         etag = headers.get("etag", "").strip('"')
         if etag != obj.md5:
@@ -175,6 +211,9 @@ class Fetcher:
                     check.update(chunk)
             digest = check.finish()
             os.replace(temporary, path)
+        except OSError as error:  # a full disk or quota: not retried, the file system named
+            self._discard(temporary)  # first, so that the free space named is what is left
+            raise not_written(path, obj, error) from None
         finally:
             self._discard(temporary)
         return digest, check.how
@@ -186,7 +225,7 @@ class Fetcher:
         first is an error, never followed or truncated. It is registered, so that a stop
         signal can remove it even while its thread is stuck.
         """
-        temporary = path.with_name(f".{path.name}.allasrun-{os.getpid()}.part")
+        temporary = temporary_name(path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         with self._lock:
             if self._stop.is_set():
@@ -203,6 +242,47 @@ class Fetcher:
             if temporary in self._temporaries:
                 temporary.unlink(missing_ok=True)
                 self._temporaries.discard(temporary)
+
+
+def temporary_name(path: Path, pid: Optional[int] = None) -> Path:
+    """The hidden name beside `path` that a download goes to: `.NAME.allasrun-HOST-PID.part`.
+
+    The host and process id tell a re-run whose it is; NAME is cut short where the whole
+    would not fit in one file name.
+    """
+    suffix = f".allasrun-{HOST}-{pid or os.getpid()}.part"
+    room = NAME_MAX - 1 - len(suffix.encode())
+    stem = path.name.encode(errors="surrogateescape")[:room].decode(errors="ignore")
+    return path.with_name(f".{stem}{suffix}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    return True
+
+
+def not_written(path: Path, obj: RemoteObject, error: OSError) -> LocalFileError:
+    """A download the local file system refused, naming the file and that file system.
+
+    "No space left" alone leaves the user guessing which of scratch, home or $TMPDIR is full.
+    """
+    mount = Path(os.path.realpath(path.parent))
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    try:
+        stats = os.statvfs(mount)
+        free = f"{stats.f_bavail * stats.f_frsize} bytes free"
+    except OSError:
+        free = "free space unknown"
+    return LocalFileError(
+        f"cannot write {path}: {error.strerror or error} "
+        f"(file system {mount}: {free}; the object is {obj.size} bytes)"
+    )
 
 
 def fetch_record(fetch: Fetch) -> Transfer:

@@ -3,11 +3,19 @@
 Stage-out uploads new and changed files, verifies the stored ETag, and never touches the local
 files. A file larger than `segment-size` goes as segments and a manifest (an SLO). An identical
 object already stored is skipped, which makes a re-run resume.
+
+Segments are `<bucket>_segments/<name>/slo/<stamp>/<size>/<segment size>/<index>`. A segment
+there that the object `<name>` does not list is an orphan: left by an upload that was killed,
+or whose manifest's fate was unknown (its answer lost: it may have landed, so its segments
+were kept rather than risk a manifest pointing at nothing). Each upload or skip of a large
+file removes the orphans under its name, so a re-run leaves none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -25,6 +33,7 @@ from allasrun.staging.verify import MD5, PER_SEGMENT, identical_by
 
 MAX_SEGMENTS = 1000  # segments one large object's manifest may list (Swift's and radosgw's default)
 LARGEST_SEGMENT = DEFAULT_SEGMENT  # each segment is one object: 5 GiB at most
+_SEGMENT = re.compile(r"[^/]+/[0-9]+/[0-9]+/[0-9]+")  # <stamp>/<size>/<segment size>/<index>
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,8 @@ class Uploader:
         identical = identical_by(source, remote, old) if remote else ""
         if remote and identical:
             record.status, record.md5, record.verified = SKIPPED, remote.md5, identical
+            if remote.slo and old:
+                self._sweep(put, old)
             return
         if remote and not put.spec.overwrite:
             record.status = REFUSED
@@ -120,6 +131,8 @@ class Uploader:
             return
         record.status, record.bytes, record.md5 = DONE, size, md5
         record.verified = PER_SEGMENT if segments else MD5
+        if segments:
+            self._sweep(put, segments)
 
     def _upload(self, put: Put, source: BinaryIO, size: int) -> str:
         source.seek(0)
@@ -134,7 +147,8 @@ class Uploader:
 
         The manifest's segments go into `landed`. Their names are new for every upload (time and
         a random part): a rewrite of the same size and mtime must not reuse, and then delete as
-        the replaced object's, the segments of its own manifest.
+        the replaced object's, the segments of its own manifest. A manifest that got no answer
+        may have landed: the object is looked up, and its segments stay unless it was refused.
         """
         bucket = f"{put.spec.bucket}_segments"
         if bucket not in self._segment_buckets:
@@ -151,12 +165,53 @@ class Uploader:
                 uploaded.append(Segment(f"{bucket}/{name}", length, md5))
                 if etag != md5:
                     raise Corrupt(f"{put.file.path}: segment {index} stored as {etag}, read as {md5}")
-            self.store.put_manifest(put.spec.bucket, put.name, uploaded)
         except BaseException:
-            self._delete_segments(uploaded)
+            self._discard(uploaded)
             raise
+        try:
+            self.store.put_manifest(put.spec.bucket, put.name, uploaded)
+        except StoreError as error:
+            if error.http_status and 400 <= error.http_status < 500:  # refused: nothing points at them
+                self._discard(uploaded)
+                raise
+            if not self._landed(put, size, uploaded):
+                raise  # unknown: the segments stay (orphans at worst, removed by the next upload)
         landed[:] = uploaded
         return slo_etag(uploaded)
+
+    def _landed(self, put: Put, size: int, segments: list[Segment]) -> bool:
+        """Whether the object now stored under the name is the manifest of these segments."""
+        try:
+            listed = self.store.listing(put.spec.bucket, put.name)
+        except StoreError:
+            return False
+        etag = slo_etag(segments)
+        return any(o.name == put.name and (o.size, o.md5) == (size, etag) for o in listed)
+
+    def _sweep(self, put: Put, kept: list[Segment]) -> None:
+        """Remove the orphans under the name: segments in allasrun's layout the object does not list.
+
+        Only after the object is in place (uploaded or found identical). A failure costs a
+        warning: the object itself is whole, and the next upload of the name tries again.
+        """
+        bucket, prefix = f"{put.spec.bucket}_segments", f"{put.name}/slo/"
+        keep = {segment.path for segment in kept}
+        try:
+            listed = self.store.listing(bucket, prefix)
+            for obj in listed:
+                if _SEGMENT.fullmatch(obj.name[len(prefix) :]) and f"{bucket}/{obj.name}" not in keep:
+                    self.store.delete(bucket, obj.name)
+        except BucketMissing:
+            return
+        except StoreError as error:
+            log.warning("%s: segments of earlier uploads were not all removed: %s", put.name, error)
+
+    def _discard(self, segments: list[Segment]) -> None:
+        """Best effort after a failed upload: what cannot be deleted now, the next upload sweeps."""
+        for segment in segments:
+            bucket, _, name = segment.path.partition("/")
+            with contextlib.suppress(StoreError):
+                self.store.delete(bucket, name)
 
     def _delete_segments(self, segments: Optional[Iterable[Segment]]) -> None:
         for segment in segments or ():

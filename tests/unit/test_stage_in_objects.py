@@ -10,8 +10,10 @@ tests/stack/test_foreign_objects.py.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from allasrun.staging.fetch import HOST, not_written, temporary_name
 from allasrun.staging.plan import Settings, StageIn
 from allasrun.staging.stager import Stager
 from allasrun.staging.store import RemoteObject
@@ -168,7 +171,7 @@ def test_a_link_planted_at_the_temporary_name_is_not_followed(tmp_path: Path, sl
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious\n")
     (tmp_path / "in").mkdir()
-    planted = tmp_path / "in" / f".f.txt.allasrun-{os.getpid()}.part"
+    planted = temporary_name(tmp_path / "in" / "f.txt")
     planted.symlink_to(victim)
     record = stage_in(store, tmp_path, StageIn("job.sh:2", "b", "f.txt", "in/"))["f.txt"]
     assert record.status == FAILED
@@ -268,3 +271,46 @@ def test_a_download_broken_mid_body_is_retried(tmp_path: Path, sleeps: list[floa
     assert store.count("download") == 3 and sleeps == [1, 2]
     store.broken.clear()
     assert stage_in(store, tmp_path, StageIn("job.sh:2", "b", "f.bin", "in/"))["f.bin"].status == DONE
+
+
+# ---------------------------------------------------------------- what a killed run left
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended (and been reaped)."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    return ended.pid
+
+
+def test_temporaries_of_killed_runs_on_this_host_are_removed(tmp_path: Path) -> None:
+    """A SIGKILLed allasrun removes nothing: the re-run removes its `.part`, not a live one's."""
+    store = FakeStore()
+    store.put_object("b", "d/f.txt", DATA)
+    store.put_object("b", "d/g.txt", DATA)
+    (tmp_path / "in").mkdir()
+    killed = temporary_name(tmp_path / "in" / "f.txt", pid=_dead_pid())
+    live = temporary_name(tmp_path / "in" / "g.txt", pid=os.getppid())
+    other_host = tmp_path / "in" / f".f.txt.allasrun-{HOST}x-{_dead_pid()}.part"
+    for path in (killed, live, other_host):
+        path.write_bytes(b"half")
+    records = stage_in(store, tmp_path, StageIn("job.sh:2", "b", "d/", "in/"))
+    assert {t.status for t in records.values()} == {DONE}
+    assert not killed.exists() and live.exists() and other_host.exists()
+
+
+def test_a_full_disk_names_the_file_and_its_file_system(tmp_path: Path) -> None:
+    path = tmp_path / "in" / "f.txt"
+    error = not_written(
+        path, RemoteObject("f.txt", 5000, md5(DATA)), OSError(errno.ENOSPC, "No space left on device")
+    )
+    mount = Path(os.path.realpath(tmp_path))
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    assert str(error).startswith(f"cannot write {path}: No space left on device (file system {mount}: ")
+    assert str(error).endswith("bytes free; the object is 5000 bytes)")
+
+
+def test_a_long_name_still_fits_its_temporary(tmp_path: Path) -> None:
+    temporary = temporary_name(tmp_path / ("é" * 127))
+    assert len(temporary.name.encode()) <= 255 and temporary.name.endswith(f"-{os.getpid()}.part")

@@ -16,13 +16,14 @@ from typing import BinaryIO
 
 import pytest
 
-from allasrun.errors import DirectiveError
+from allasrun.errors import DirectiveError, StoreError
 from allasrun.staging import put as put_module
 from allasrun.staging import select
 from allasrun.staging.directives import parse
 from allasrun.staging.plan import Settings, StageOut, build
 from allasrun.staging.select import LocalFile
 from allasrun.staging.stager import Stager
+from allasrun.staging.store import Segment
 from allasrun.staging.transfer import DONE, FAILED, MISSING, REFUSED, SKIPPED, Transfer
 from tests.unit.fakestore import FakeStore
 from tests.unit.keystone_fake import capture_log
@@ -417,3 +418,70 @@ def test_uploads_say_how_they_were_verified(store: FakeStore, tmp_path: Path, re
         "allas:out/run1/sub/b.txt": "md5",
     }
     assert {t.status for t in again.values()} == {SKIPPED}
+
+
+# ---------------------------------------------------------------- lost answers and orphaned segments
+
+NO_ANSWER = "cannot write the manifest of out/run1/big.bin: ('Connection aborted.', RemoteDisconnected())"
+
+
+def answer_lost(store: FakeStore, landing: bool) -> None:
+    """The next manifest PUT gets no answer: the connection was cut before (or after) it landed."""
+    original = store.put_manifest
+
+    def put_manifest(bucket: str, name: str, segments: list[Segment]) -> None:
+        store.put_manifest = original  # type: ignore[method-assign]
+        if landing:
+            original(bucket, name, segments)
+        raise StoreError(NO_ANSWER)
+
+    store.put_manifest = put_manifest  # type: ignore[method-assign]
+
+
+def test_a_manifest_whose_answer_was_lost_but_landed_is_done(
+    store: FakeStore, tmp_path: Path, results: Path
+) -> None:
+    """Deleting its segments would leave an object that points at nothing: a corrupt object."""
+    answer_lost(store, landing=True)
+    assert stage_out(store, tmp_path)["allas:out/run1/big.bin"].status == DONE
+    assert store.content("out", "run1/big.bin") == BIG
+    manifest = store.manifest("out", "run1/big.bin")
+    assert [f"out_segments/{n}" for n in store.names("out_segments")] == [s.path for s in manifest]
+
+
+def test_a_manifest_whose_answer_was_lost_keeps_its_segments_until_the_rerun(
+    store: FakeStore, tmp_path: Path, results: Path
+) -> None:
+    answer_lost(store, landing=False)
+    record = stage_out(store, tmp_path)["allas:out/run1/big.bin"]
+    assert (record.status, record.error) == (FAILED, NO_ANSWER)
+    assert len(store.names("out_segments")) == 3  # it might have landed: kept
+    assert stage_out(store, tmp_path)["allas:out/run1/big.bin"].status == DONE
+    manifest = store.manifest("out", "run1/big.bin")
+    assert [f"out_segments/{n}" for n in store.names("out_segments")] == [s.path for s in manifest]
+
+
+def test_a_refused_manifest_leaves_no_segments(store: FakeStore, tmp_path: Path, results: Path) -> None:
+    store.fail("put_manifest", StoreError("cannot write the manifest: HTTP 400 Bad Request", 400))
+    assert stage_out(store, tmp_path)["allas:out/run1/big.bin"].status == FAILED
+    assert store.names("out_segments") == []
+
+
+@pytest.mark.parametrize("skipped", [False, True])
+def test_segments_a_killed_upload_left_are_removed_by_the_rerun(
+    store: FakeStore, tmp_path: Path, results: Path, skipped: bool
+) -> None:
+    """Killed between segments (no manifest), or after the manifest before the replaced object's
+    segments went: the re-run's upload, or its skip, removes what the object does not list."""
+    if skipped:
+        stage_out(store, tmp_path)
+    store.ensure_bucket("out_segments")
+    orphans = [f"run1/big.bin/slo/1796000000.000000-0badf00d/2500/1024/{i:08d}" for i in range(2)]
+    for orphan in orphans:
+        store.put_object("out_segments", orphan, b"x" * 1024)
+    store.put_object("out_segments", "run1/big.bin/slo/not-a-segment", b"kept: not our layout")
+    status = SKIPPED if skipped else DONE
+    assert stage_out(store, tmp_path)["allas:out/run1/big.bin"].status == status
+    kept = {f"out_segments/{n}" for n in store.names("out_segments")}
+    manifest = {s.path for s in store.manifest("out", "run1/big.bin")}
+    assert kept == manifest | {"out_segments/run1/big.bin/slo/not-a-segment"}
