@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Union
+from urllib.parse import urlsplit
 
 from allasrun.auth import credstore
-from allasrun.errors import NoCredentials
+from allasrun.errors import NoCredentials, UsageError
 from allasrun.paths import config_dir
 
 # CSC's defaults, as allas-conf uses them, so a user with only OS_PROJECT_NAME set is served.
@@ -130,15 +131,48 @@ def target_from_env(
 ) -> Target:
     """Read the OpenStack variables exactly as allas-conf and the OpenStack clients name them."""
     return Target(
-        auth_url=env.get("OS_AUTH_URL") or DEFAULT_AUTH_URL,
-        project_name=env.get("OS_PROJECT_NAME") or None,
-        username=env.get("OS_USERNAME") or login_name,
-        user_domain=env.get("OS_USER_DOMAIN_NAME") or DEFAULT_DOMAIN,
-        project_domain=env.get("OS_PROJECT_DOMAIN_NAME") or DEFAULT_DOMAIN,
-        region=env.get("OS_REGION_NAME") or None,
-        interface=env.get("OS_INTERFACE") or DEFAULT_INTERFACE,
+        auth_url=_url(env, "OS_AUTH_URL") or DEFAULT_AUTH_URL,
+        project_name=_text(env, "OS_PROJECT_NAME"),
+        username=_text(env, "OS_USERNAME") or login_name,
+        user_domain=_text(env, "OS_USER_DOMAIN_NAME") or DEFAULT_DOMAIN,
+        project_domain=_text(env, "OS_PROJECT_DOMAIN_NAME") or DEFAULT_DOMAIN,
+        region=_text(env, "OS_REGION_NAME"),
+        interface=_text(env, "OS_INTERFACE") or DEFAULT_INTERFACE,
         storage_url=storage_url,
     )
+
+
+def _text(env: Mapping[str, str], name: str) -> Optional[str]:
+    """A variable's value (None if unset or empty); one that is not UTF-8 is an error naming it.
+
+    Bytes that are not UTF-8 reach Python as lone surrogates, which Keystone's JSON and
+    headers cannot carry: left alone, they failed deep in the request as a defect (exit 70).
+    The message never quotes the value, which may be a secret.
+    """
+    value = env.get(name) or None
+    if value is not None:
+        try:
+            value.encode()
+        except UnicodeEncodeError as error:
+            raise UsageError(
+                f"{name} is not UTF-8 (an undecodable byte at character {error.start + 1})"
+            ) from None
+    return value
+
+
+def _url(env: Mapping[str, str], name: str) -> Optional[str]:
+    """An http(s) URL from a variable, or a usage error naming it: never a request to a non-URL."""
+    value = _text(env, name)
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a bad IPv6 address or port
+        usable = False
+    if not usable or not value.isprintable() or any(c.isspace() for c in value):
+        raise UsageError(f"{name} is not an http(s) URL: {value[:200]!r}")
+    return value
 
 
 def choose_secret(
@@ -152,20 +186,24 @@ def choose_secret(
     `allasrun login`, then OS_PASSWORD (as `allas-conf -k` leaves it), then a password typed
     at the terminal, and last OS_AUTH_TOKEN, which cannot be renewed and so comes last.
     """
-    cred_id = env.get("OS_APPLICATION_CREDENTIAL_ID")
-    cred_secret = env.get("OS_APPLICATION_CREDENTIAL_SECRET")
+    cred_id = _text(env, "OS_APPLICATION_CREDENTIAL_ID")
+    cred_secret = _text(env, "OS_APPLICATION_CREDENTIAL_SECRET")
     if cred_id and cred_secret:
         return AppCredential(cred_id, cred_secret, "OS_APPLICATION_CREDENTIAL_ID/_SECRET")
     if stored is not None:
         return stored
-    password = env.get("OS_PASSWORD")
+    password = _text(env, "OS_PASSWORD")
     if password:
         return Password(password)
     if can_prompt:
         return AskPassword()
-    token = env.get("OS_AUTH_TOKEN")
+    token = _text(env, "OS_AUTH_TOKEN")
     if token:
-        return ExistingToken(token, env.get("OS_STORAGE_URL") or None)
+        if not token.isprintable() or any(c.isspace() for c in token):
+            raise UsageError(
+                "OS_AUTH_TOKEN holds a blank or control character: it cannot be sent as a header"
+            )
+        return ExistingToken(token, _url(env, "OS_STORAGE_URL"))
     raise NoCredentials(
         "no credentials: set OS_PASSWORD (allas-conf -k), run 'allasrun login', "
         "export OS_APPLICATION_CREDENTIAL_ID and _SECRET, or run from a terminal"

@@ -22,6 +22,7 @@ FLAGS = {
     "--usage", "--version", "-V", "--get-user-env", "--oversubscribe", "-s", "--reboot",
     "--nice", "--propagate",
 }  # fmt: skip
+_BLANKS = " \t\n\v\f\r"  # isspace() in the C locale, as sbatch tests it before a `#`
 _SHELLS = re.compile(r"(^|/)(env\s+)?(ba|z|k|da)?sh\b")
 
 
@@ -136,24 +137,41 @@ def parse_time(text: str) -> Optional[float]:
     return float(((d * 24 + h) * 60 + m) * 60 + s)
 
 
+def lines_of(text: str) -> list[str]:
+    """A script's lines as sbatch and the shell count them: split at line feeds only.
+
+    `str.splitlines` also splits at form feeds, NEL and U+2028 (among others), which neither
+    counts: an error would name the wrong line, and the guard could land inside a comment.
+    """
+    return text.split("\n")
+
+
 def header_length(lines: Sequence[str]) -> int:
     """How many lines a job script's header has, `#!` line included.
 
     sbatch reads `#SBATCH` (and allasrun `#ALLAS`) up to the first line that is neither
-    blank nor a comment.
+    blank nor a comment, skipping only C's blanks before the `#`: a line starting with a
+    no-break space is a command to sbatch and to the shell.
     """
-    return next(
-        (i for i, line in enumerate(lines) if line.strip() and not line.strip().startswith("#")),
-        len(lines),
-    )
+    return next((i for i, line in enumerate(lines) if line.lstrip(_BLANKS)[:1] not in ("", "#")), len(lines))
 
 
 def _sbatch_lines(text: str) -> list[list[str]]:
-    lines = text.splitlines()
+    lines = lines_of(text)
     header = (line.strip() for line in lines[: header_length(lines)])
-    return [
-        shlex.split(line[len("#SBATCH") :], comments=True) for line in header if line.startswith("#SBATCH")
-    ]
+    return [_words(line[len("#SBATCH") :]) for line in header if line.startswith("#SBATCH")]
+
+
+def _words(text: str) -> list[str]:
+    """An `#SBATCH` line's words; one shlex cannot split (`--job-name=bob's`) is split at blanks.
+
+    sbatch reads such a line anyway (an open quote runs to the end of the line), and allasrun
+    only looks in it for --time, --export, --clusters and --hold.
+    """
+    try:
+        return shlex.split(text, comments=True)
+    except ValueError:
+        return text.partition(" #")[0].split()
 
 
 def is_shell_script(text: str) -> bool:
@@ -164,8 +182,7 @@ def is_shell_script(text: str) -> bool:
 
 def wrapped(text: str, guard: str) -> str:
     """The script with `guard` inserted before its first command, after every #SBATCH line."""
-    lines = text.splitlines(keepends=True)
-    at = header_length(lines)
-    if at == len(lines) and lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    return "".join([*lines[:at], guard + "\n", *lines[at:]])
+    lines = lines_of(text)
+    at = min(len(text), sum(len(line) + 1 for line in lines[: header_length(lines)]))
+    head = text[:at] if text[:at].endswith("\n") or not at else text[:at] + "\n"
+    return head + guard + "\n" + text[at:]

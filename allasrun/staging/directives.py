@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from allasrun.errors import DirectiveError
-from allasrun.slurm.sbatchline import header_length
+from allasrun.slurm.sbatchline import header_length, lines_of
 
 VERBS = ("stage-in", "stage-out", "option")
 WHEN = ("success", "failure", "always")
@@ -48,11 +48,11 @@ class Directive:
 def parse(text: str, path: str) -> tuple[list[Directive], list[str]]:
     """The directives of a script's header, and warnings for `#ALLAS` lines after it.
 
-    The header ends where sbatch's does (`header_length`).
+    The header ends where sbatch's does (`header_length`), and lines are counted as it counts them.
     """
     directives: list[Directive] = []
     warnings: list[str] = []
-    lines = text.splitlines()
+    lines = lines_of(text)
     header = header_length(lines)
     for number, line in enumerate(lines, start=1):
         stripped = line.strip()

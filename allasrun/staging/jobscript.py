@@ -61,13 +61,25 @@ def _enclosing(env: Mapping[str, str]) -> Optional[str]:
     if not outer:
         return None
     if node == facts.node_name(env):
-        return "here" if (Path(outer) / "env").is_file() else None
+        return "here" if _is_file(Path(outer) / "env") else None
     nodelist = env.get("SLURM_JOB_NODELIST")
     return "elsewhere" if nodelist is None or node in hostnames(nodelist) else None
 
 
+def _is_file(path: Path) -> bool:
+    """Whether `path` is a file; a name the system refuses (too long) is none of allasrun's."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def hostnames(nodelist: str) -> list[str]:
-    """Slurm's compressed host list (`n[1-3,07],login1`) as names."""
+    """Slurm's compressed host list (`n[1-3,07],login1`) as names.
+
+    One Slurm would not write (`n[a-b]`, more hosts than it expands) is a usage error naming
+    the variable, never a traceback or a list that fills the memory.
+    """
     names: list[str] = []
     for item in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", nodelist):
         found = re.search(r"\[([^\]]*)\]", item)
@@ -77,9 +89,17 @@ def hostnames(nodelist: str) -> list[str]:
         head, tail = item[: found.start()], item[found.end() :]
         for part in found.group(1).split(","):
             first, _, last = part.partition("-")
+            if not _RANGE.fullmatch(part) or int(last or first) - int(first) > MAX_HOSTS:
+                raise UsageError(f"SLURM_JOB_NODELIST is not a Slurm host list: {nodelist[:200]!r}")
             for number in range(int(first), int(last or first) + 1):
                 names.extend(head + str(number).zfill(len(first)) + rest for rest in hostnames(tail) or [""])
+                if len(names) > MAX_HOSTS:
+                    raise UsageError(f"SLURM_JOB_NODELIST names over {MAX_HOSTS} hosts: {nodelist[:200]!r}")
     return names
+
+
+MAX_HOSTS = 65536  # as many as Slurm's own host lists expand (MAX_RANGE in hostlist.c)
+_RANGE = re.compile(r"[0-9]+(-[0-9]+)?")
 
 
 def _batch_script(env: Mapping[str, str], job: str) -> Optional[str]:

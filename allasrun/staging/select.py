@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Optional, Union
 
-from allasrun.staging.plan import StageIn, is_pattern, pattern_start
+from allasrun.staging.plan import StageIn, is_pattern, is_utf8, pattern_start
 
 if TYPE_CHECKING:
     from allasrun.staging.store import RemoteObject
@@ -86,10 +86,13 @@ def inside(directory: Path, relative: str) -> Optional[Path]:
     """`directory/relative`, or None if the name is empty, absolute, or has a `..`, `.` or empty part.
 
     `.` and empty parts are refused too: `data/.` or `a//b` would name a directory, or the same
-    file as another object does.
+    file as another object does. So is a name no file can have: one with a NUL (no system call
+    takes it) or a lone surrogate (a listing that was not UTF-8, which Swift's names must be).
+    Every other character is kept, newlines and backslashes included: on Linux they are
+    ordinary characters of one part, never separators.
     """
     parts = relative.split("/")
-    if any(part in ("", ".", "..") for part in parts):
+    if any(part in ("", ".", "..") or "\0" in part for part in parts) or not is_utf8(relative):
         return None
     return directory.joinpath(*parts)
 
