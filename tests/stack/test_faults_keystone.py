@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
-from tests.stack.stackutil import ALLASRUN, Stack, app_credential_env, make_bucket, wait_for
+from tests.stack.stackutil import ALLASRUN, Stack, app_credential_env, make_bucket, swift_round_only, wait_for
 from tests.stack.tcpproxy import Relay, forward, recv, send
 
 # The job: rclone and swift in turn until DURATION seconds after it started (touching STARTED),
@@ -171,6 +171,7 @@ class FaultyKeystone(Relay):
 def test_keystone_down_for_two_thirds_of_a_token_life(stack: Stack, tmp_path: Path) -> None:
     """Down from 15 s after the start until 75 s, across the renewal point (~41-45 s): the
     token issued at the start lasts until ~90 s, so renewal must come between 75 and 90 s."""
+    swift_round_only(stack, "Keystone and the keeper only")
     outage = stack.ttl * 2 / 3
     with FaultyKeystone(stack.env["OS_AUTH_URL"]) as keystone:
         job = Job.start(stack, tmp_path, "fault-keystone-down", stack.ttl + 5, keystone.url)
@@ -196,6 +197,7 @@ def test_keystone_down_for_two_thirds_of_a_token_life(stack: Stack, tmp_path: Pa
 
 def test_slow_keystone_neither_overlaps_renewals_nor_piles_up(stack: Stack, tmp_path: Path) -> None:
     """Every request to Keystone takes 5-20 s (keystoneauth's own timeout is 30 s)."""
+    swift_round_only(stack, "Keystone and the keeper only")
     with FaultyKeystone(stack.env["OS_AUTH_URL"], delay=(5.0, 20.0)) as keystone:
         job = Job.start(stack, tmp_path, "fault-keystone-slow", stack.ttl * 0.6, keystone.url)
         job.finish(timeout=stack.ttl + 120)
