@@ -31,6 +31,7 @@ from allasrun import paths
 from allasrun.atomicfile import write_atomic
 from allasrun.errors import EXIT_STAGE_IN, AllasrunError
 from allasrun.log import log
+from allasrun.process import alive
 from allasrun.slurm import facts
 
 POLL = 0.2  # seconds between looks at the shared directory; tasks wait here only at start/end
@@ -173,7 +174,7 @@ def await_leader(directory: Path, local_id: int, leader_alive: float = 30.0) -> 
     waited_since = time.monotonic()
     while True:
         leader = _pid_in(directory / "leader")
-        if leader is not None and _alive(leader):
+        if leader is not None and alive(leader):
             waited_since = time.monotonic()
             word = _read_word(directory / "ready")
             if word is not None and not (directory / f"done-{local_id}").exists():
@@ -234,7 +235,7 @@ def _follower_over(directory: Path, local_id: int, late: bool) -> bool:
         if late:
             log.warning("task %d of this node never joined the step; not waiting for it", local_id)
         return late
-    if _alive(pid):
+    if alive(pid):
         return False
     log.warning("task %d of this node ended without a word (killed?); not waiting for it", local_id)
     return True
@@ -257,13 +258,3 @@ def _read_word(path: Path) -> Optional[str]:
 def _pid_in(path: Path) -> Optional[int]:
     word = _read_word(path)
     return int(word) if word and word.isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

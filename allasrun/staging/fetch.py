@@ -23,6 +23,7 @@ from typing import Optional
 
 from allasrun.errors import BucketMissing, Corrupt, LocalFileError, StoreError
 from allasrun.log import log
+from allasrun.process import alive
 from allasrun.staging.plan import StageIn
 from allasrun.staging.select import dir_like, inside, local_path, select_objects
 from allasrun.staging.store import RemoteObject, Segment, Store, slo_etag
@@ -160,7 +161,7 @@ class Fetcher:
             return
         for entry in entries:
             found = _TEMPORARY.fullmatch(entry.name)
-            if found and found["host"] == HOST and not _alive(int(found["pid"])):
+            if found and found["host"] == HOST and not alive(int(found["pid"])):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     log.info("removed %s, left by an allasrun that was killed", entry.path)
@@ -254,16 +255,6 @@ def temporary_name(path: Path, pid: Optional[int] = None) -> Path:
     room = NAME_MAX - 1 - len(suffix.encode())
     stem = path.name.encode(errors="surrogateescape")[:room].decode(errors="ignore")
     return path.with_name(f".{stem}{suffix}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        pass
-    return True
 
 
 def not_written(path: Path, obj: RemoteObject, error: OSError) -> LocalFileError:
