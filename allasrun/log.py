@@ -2,13 +2,17 @@
 
 Job logs are read by support staff and pasted into tickets, so every secret allasrun learns
 is registered here and replaced by `***` in whatever a line holds: the message, and the
-traceback or stack below it. A process that holds a secret is also made non-dumpable, so
-no core file (and no ptrace or /proc/PID/mem read by the user's other processes) shows it.
+traceback or stack below it. File and object names, directive text and server answers are
+anyone's bytes: control characters in them are shown escaped (an escape character as the four
+characters backslash x 1 b), so that a name can neither forge a log line nor drive the terminal
+that shows the job's output. A process that holds a secret is also made non-dumpable, so no
+core file (and no ptrace or /proc/PID/mem read by the user's other processes) shows it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -44,10 +48,31 @@ class _Secrets:
 
 
 _secrets = _Secrets()
+# C0 and C1 controls and DEL, Unicode's bidirectional overrides (which reorder what a terminal
+# shows), and lone surrogates (a non-UTF-8 file name's bytes, which stderr cannot encode).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """`text` with every character that a terminal would act on, rather than show, escaped."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    character = match.group()
+    if character in _ESCAPES:
+        return _ESCAPES[character]
+    code = ord(character)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class _Redacting(logging.Formatter):
-    """Formats as usual, then masks every registered secret in the whole text."""
+    """Formats as usual with the message made printable, then masks every registered secret."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # logging's name
+        record.message = printable(_secrets.mask(record.message))
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         return _secrets.mask(super().format(record))

@@ -114,9 +114,9 @@ class Fetcher:
         problems = []
         for spec in specs:
             try:
-                local_path(spec.destination, self.workdir).mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                problems.append(spec_record(spec, FAILED, str(LocalFileError.of(error, "make the folder"))))
+                make_folder(local_path(spec.destination, self.workdir))
+            except LocalFileError as error:
+                problems.append(spec_record(spec, FAILED, str(error)))
         return problems
 
     def fetch(self, fetch: Fetch, record: Transfer) -> None:
@@ -124,7 +124,10 @@ class Fetcher:
         obj, path = fetch.obj, fetch.path
         self._sweep(path.parent)
         segments = self._retry(lambda: self._segments(fetch.spec.bucket, obj)) if obj.large else None
-        identical = identical_by(path, obj, segments) if path.is_file() else ""
+        try:
+            identical = identical_by(path, obj, segments) if path.is_file() else ""
+        except OSError as error:  # a name too long for the file system, a folder unreadable
+            raise LocalFileError.of(error, "check the existing file") from None
         if identical:
             record.status, record.md5, record.verified = SKIPPED, obj.md5, identical
             return
@@ -190,10 +193,7 @@ class Fetcher:
     def _download(self, fetch: Fetch, segments: Optional[list[Segment]]) -> tuple[str, str]:
         """The object into a temporary file, verified, renamed into place: its MD5 and how it was verified."""
         obj, path = fetch.obj, fetch.path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise LocalFileError.of(error, "make the folder") from None
+        make_folder(path.parent)
         headers, body = self.store.download(fetch.spec.bucket, obj.name)
         etag = headers.get("etag", "").strip('"')
         if etag != obj.md5:
@@ -243,6 +243,16 @@ class Fetcher:
             if temporary in self._temporaries:
                 temporary.unlink(missing_ok=True)
                 self._temporaries.discard(temporary)
+
+
+def make_folder(path: Path) -> None:
+    """The folder and its parents; a file in the way is said so ("File exists" reads as success)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise LocalFileError(f"cannot make the folder {path}: a file of that name is in the way") from None
+    except OSError as error:
+        raise LocalFileError.of(error, "make the folder") from None
 
 
 def temporary_name(path: Path, pid: Optional[int] = None) -> Path:

@@ -9,6 +9,7 @@ skipped both ways, which makes a re-run resume.
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -17,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Optional, TypeVar
 
-from allasrun.errors import AllasrunError, BucketMissing, StoreError
+from allasrun.errors import AllasrunError, BucketMissing, Corrupt, StoreError
 from allasrun.log import log
 from allasrun.staging.fetch import Fetch, Fetcher, fetch_record, spec_record
 from allasrun.staging.plan import Settings, StageIn, StageOut
@@ -30,6 +31,13 @@ from allasrun.staging.workers import POLL, Workers
 T = TypeVar("T")
 GRACE = 2.0  # seconds a stopped stage-in waits for running transfers before it walks away
 INTERRUPTED = "interrupted by a signal"
+UNPROCESSABLE = 422  # Swift's answer to an upload whose bytes did not match the MD5 sent with it
+# Local errors that no second try can change: the name, the tree or the rights are wrong.
+PERMANENT = frozenset({
+    errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EACCES, errno.EPERM,
+    errno.EROFS, errno.ELOOP, errno.EEXIST, errno.EINVAL, errno.EXDEV, errno.ENOSPC, errno.EDQUOT,
+    errno.EFBIG,
+})  # fmt: skip
 
 
 class Stager:
@@ -130,13 +138,12 @@ class Stager:
                 raise Interrupted
             try:
                 return attempt()
-            except StoreError as error:
-                if error.retried or number == self.settings.retries:
+            except (StoreError, OSError) as error:
+                if number == self.settings.retries or not worth_retrying(error):
                     raise
-            except OSError:
-                if number == self.settings.retries:
-                    raise
-            time.sleep(min(2 ** (number - 1), 30))
+                delay = min(2 ** (number - 1), 30)
+                log.info("%s; retrying in %d s", error, delay)  # progress: the failure, if any, is an error
+            time.sleep(delay)
         raise AssertionError("unreachable")
 
     def _run(
@@ -216,6 +223,19 @@ class Stager:
             for result in pool.collect(POLL):
                 done(result)
         self._fetcher.remove_temporaries()
+
+
+def worth_retrying(error: Exception) -> bool:
+    """Whether a second try may succeed: a cut stream, a transfer corrupted on the way, a read error.
+
+    A refusal (a name too long for the store, no permission, a missing object), a name the local
+    file system cannot hold, or what the store has already retried as long as it may, fails at
+    once: retrying it only spends the job's time on sleeps before the same report.
+    """
+    if isinstance(error, StoreError):
+        corrupted = isinstance(error, Corrupt) or error.http_status == UNPROCESSABLE
+        return not error.retried and (error.transient or corrupted)
+    return isinstance(error, OSError) and error.errno not in PERMANENT
 
 
 class _Unlisted:

@@ -316,3 +316,28 @@ def test_throttled_uploads_wait_and_land(
     assert len(relay.answered) == 2 and f"HTTP {status}" in result.stderr
     assert relay.answered[1] - relay.answered[0] >= least_gap
     assert landed(stack, tmp_path, f"{key}/{JOB}") == results
+
+
+def test_a_name_the_store_refuses_is_reported_at_once(
+    stack: Stack, home: Path, tmp_path: Path, key: str, results: dict[str, str]
+) -> None:
+    """A name over the store's 1,024 bytes is refused (HTTP 400) and reported without retry sleeps.
+
+    retries=5 would sleep 1 + 2 + 4 + 8 s before the same refusal; the other files still land.
+    """
+    make_bucket(stack, BUCKET)
+    deep = tmp_path / "results" / "/".join(["d" * 200] * 5)
+    deep.mkdir(parents=True)
+    (deep / "f.txt").write_bytes(b"too deep\n")
+    started = time.monotonic()
+    result = allasrun(
+        ["run", str(job(tmp_path, key, retries=5))],
+        user_env(stack, home, SLURM_JOB_ID=JOB),
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == errors.EXIT_STAGE_OUT, result.stderr
+    assert "retrying" not in result.stderr and "Traceback" not in result.stderr
+    assert "HTTP 400" in result.stderr and "f.txt" in result.stderr
+    assert landed(stack, tmp_path, f"{key}/{JOB}") == results
+    print(f"refused name: exit {result.returncode} after {time.monotonic() - started:.1f} s, no retries")

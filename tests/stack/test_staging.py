@@ -6,6 +6,7 @@ import filecmp
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -297,6 +298,19 @@ def test_missing_input_stops_the_command(stack: Stack, home: Path, tmp_path: Pat
         and "no object matches allas:stage-data/no-such-thing.txt" in result.stderr
     )
     assert not (tmp_path / "ran").exists()
+
+
+def test_control_characters_in_names_reach_the_log_escaped(stack: Stack, home: Path, tmp_path: Path) -> None:
+    """An escape sequence or a bidi override in a name cannot drive the terminal that shows the log.
+
+    (A newline cannot be in a directive; tests/unit/test_log.py shows that one cannot forge a line.)
+    """
+    make_bucket(stack, "stage-data")
+    script = job(tmp_path, "#ALLAS stage-in 'stage-data/x\x1b[2J\u202egnp.exe'")
+    result = run_job(stack, home, script)
+    assert result.returncode == errors.EXIT_STAGE_IN
+    assert "no object matches allas:stage-data/x\\x1b[2J\\u202egnp.exe" in result.stderr
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f\u202e]", result.stderr)  # only newlines end lines
 
 
 def test_directive_error_names_the_line_and_runs_nothing(stack: Stack, home: Path, tmp_path: Path) -> None:

@@ -32,8 +32,8 @@ def md5(data: bytes) -> str:
 
 
 def unavailable(what: str = "request") -> StoreError:
-    """The error a store reports for an HTTP 503."""
-    return StoreError(f"cannot {what}: HTTP 503 Service Unavailable", 503)
+    """The error a store reports for an HTTP 503 (a cut stream is one too): worth another try."""
+    return StoreError(f"cannot {what}: HTTP 503 Service Unavailable", 503, transient=True)
 
 
 @dataclass
@@ -237,4 +237,5 @@ class FakeStore:
 def _breaking(chunks: list[bytes], action: str) -> Iterator[bytes]:
     """The first chunk, then the error SwiftStore raises for a connection reset mid-body."""
     yield from chunks[:1]
-    raise StoreError(f"cannot {action}: ('Connection broken: IncompleteRead(700 bytes read)')")
+    broken = "('Connection broken: IncompleteRead(700 bytes read)')"
+    raise StoreError(f"cannot {action}: {broken}", transient=True)

@@ -6,6 +6,7 @@ sleeps between retries are recorded instead of slept.
 
 from __future__ import annotations
 
+import errno
 import random
 import threading
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import cast
 
 import pytest
 
-from allasrun.errors import EXIT_STAGE_OUT, UsageError
+from allasrun.errors import EXIT_STAGE_OUT, Corrupt, StoreError, UsageError
 from allasrun.staging.plan import Settings, StageIn, StageOut, StagePlan
 from allasrun.staging.run import StagingRun
 from allasrun.staging.stager import Stager
@@ -435,3 +436,41 @@ def test_a_file_that_is_not_a_report_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text('{"exit_status": 0}')
     with pytest.raises(UsageError, match="not a stage-out report of allasrun"):
         StagingRun.record(tmp_path / "x.json")
+
+
+@pytest.mark.parametrize(
+    ("error", "tries"),
+    [
+        (StoreError("cannot upload bkt/x: HTTP 400 Bad Request", 400), 1),  # e.g. a name too long
+        (StoreError("cannot upload bkt/x: HTTP 403 Forbidden", 403), 1),
+        (OSError(errno.ENAMETOOLONG, "File name too long", "x"), 1),
+        (OSError(errno.EISDIR, "Is a directory", "x"), 1),
+        (StoreError("cannot upload bkt/x: HTTP 422 Unprocessable Entity", 422), 3),  # corrupted on the way
+        (Corrupt("x: the store kept ETag a, the file read as MD5 b"), 3),
+        (OSError(errno.EIO, "Input/output error", "x"), 3),  # a flaky parallel file system may recover
+    ],
+)
+def test_stage_out_retries_only_what_a_second_try_can_change(
+    store: FakeStore, tmp_path: Path, results: Path, sleeps: list[float], error: Exception, tries: int
+) -> None:
+    """A refusal or a permanent local error is reported at once, not after the retries' sleeps."""
+    store.fail("upload", *[error] * 3)
+    one = StageOut("job.sh:3", "results/a.txt", "out", "a")
+    records = stager(store, tmp_path, threads=1).stage_out([one])
+    assert records[0].status == FAILED
+    assert store.count("upload") == tries
+    assert sleeps == [1, 2][: tries - 1]
+
+
+def test_stage_in_reports_a_name_the_file_system_cannot_hold(store: FakeStore, tmp_path: Path) -> None:
+    """The path is named and the error says what allasrun was doing, not a bare errno."""
+    store.put_object("bkt", "data/" + "x" * 300, b"a")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/sub").write_text("a file where a folder must go")
+    records = stage_in(store, tmp_path, threads=1)
+    long = records["allas:bkt/data/" + "x" * 300]
+    assert long.status == FAILED
+    assert long.error.startswith(f"cannot check the existing file {tmp_path}/in/xxx")
+    assert long.error.endswith(": File name too long")
+    blocked = records["allas:bkt/data/sub/b.bin"]
+    assert blocked.error == f"cannot make the folder {tmp_path}/in/sub: a file of that name is in the way"

@@ -1,0 +1,62 @@
+"""The log line: secrets masked, and other people's bytes shown, never acted on by the terminal."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from allasrun import log as logsetup
+
+
+def fresh(verbosity: int = 0) -> logging.Logger:
+    """allasrun's log, writing to the stderr of this moment: called in the test, that is capsys's."""
+    logsetup.configure(verbosity)
+    return logsetup.log
+
+
+def only_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line logged: a name must not have split it."""
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_name_with_a_newline_cannot_forge_a_line(capsys: pytest.CaptureFixture[str]) -> None:
+    fresh().info("stage-in of %s failed", "x\nallasrun: 2026-11-30T00:00:00Z stage-in: all done\r")
+    line = only_line(capsys)
+    assert line.endswith("stage-in of x\\nallasrun: 2026-11-30T00:00:00Z stage-in: all done\\r failed")
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("\x1b[2J", "\\x1b[2J"),  # clear screen
+        ("\x07\x00\x7f\x85", "\\x07\\x00\\x7f\\x85"),  # bell, NUL, DEL, a C1 control
+        ("\u202egnp.exe", "\\u202egnp.exe"),  # right-to-left override: shows as exe.png
+        ("\udcff", "\\udcff"),  # a non-UTF-8 file name's byte: stderr could not encode it
+        ("tab\there", "tab\\there"),
+        ("räksmörgås ✓ 日本", "räksmörgås ✓ 日本"),  # printable text stays as it is
+    ],
+)
+def test_control_characters_are_escaped(capsys: pytest.CaptureFixture[str], raw: str, shown: str) -> None:
+    fresh().warning("name %s", raw)
+    line = only_line(capsys)
+    assert line.endswith(f"name {shown}")
+
+
+def test_a_secret_next_to_control_characters_is_still_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    logsetup.hide("s3cr\net-value")
+    fresh().error("got \x1bs3cr\net-value\x1b")
+    line = only_line(capsys)
+    assert line.endswith("got \\x1b***\\x1b")
+
+
+def test_a_traceback_under_verbose_keeps_its_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    log = fresh(1)
+    try:
+        raise ValueError("bad\x1b")
+    except ValueError:
+        log.debug("the defect's traceback:", exc_info=True)
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last):" in err and len(err.splitlines()) > 3
