@@ -38,6 +38,7 @@ def test_a_name_with_a_newline_cannot_forge_a_line(capsys: pytest.CaptureFixture
         ("tab\there", "tab\\there"),
         ("räksmörgås ✓ 日本", "räksmörgås ✓ 日本"),  # printable text stays as it is
     ],
+    ids=["escape", "c0-c1", "bidi", "surrogate", "tab", "printable"],  # xdist cannot send a surrogate id
 )
 def test_control_characters_are_escaped(capsys: pytest.CaptureFixture[str], raw: str, shown: str) -> None:
     fresh().warning("name %s", raw)
