@@ -16,6 +16,7 @@ logged). Third-party exceptions are mapped to these where they arise: keystoneau
     ├── AuthenticationFailed          77  Keystone refused the credentials
     ├── NoCredentials                 78  nothing to authenticate with
     ├── UnsafeFile                    78  a secret file others can read, a directory not ours
+    ├── BadS3Keys                     78  S3 keys half given, or their file unreadable as such
     ├── NoObjectStore                 78  no object-store endpoint in the catalog
     ├── CommandNotExecutable          126
     └── CommandNotFound               127
@@ -94,6 +95,16 @@ class NoCredentials(AllasrunError):
 
 class UnsafeFile(AllasrunError):
     """A secret-holding file is readable by others; using it would spread the secret."""
+
+    exit_code = EXIT_CONFIG
+
+
+class BadS3Keys(AllasrunError):
+    """S3 keys are half given (one variable without the other) or their file cannot be parsed.
+
+    The message names the variables, or the file and line, never a key's value: a line that
+    does not parse may hold a secret.
+    """
 
     exit_code = EXIT_CONFIG
 

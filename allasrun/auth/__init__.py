@@ -6,6 +6,7 @@ jobs or staging.
 """
 
 from allasrun.auth.identity import SECRET_VARIABLES, AppCredential, Identity, Password, Target
+from allasrun.auth.s3keys import S3Keys, find_keys
 from allasrun.auth.schedule import Schedule
 from allasrun.auth.source import TokenSource
 from allasrun.auth.token import Token, duration, utc_text
@@ -15,10 +16,12 @@ __all__ = [
     "AppCredential",
     "Identity",
     "Password",
+    "S3Keys",
     "Schedule",
     "Target",
     "Token",
     "TokenSource",
     "duration",
+    "find_keys",
     "utc_text",
 ]
