@@ -147,6 +147,7 @@ def _plan(
     strict: bool,
 ) -> StagePlan:
     """The script's stage plan with command-line settings on top (they win)."""
+    from allasrun.commands import protocol
     from allasrun.staging import jobscript, parse_segment_size
 
     plan = jobscript.load_plan(script, os.environ, strict) if script else jobscript.discover_plan(os.environ)
@@ -156,7 +157,7 @@ def _plan(
             size = parse_segment_size(segment_size)
         except ValueError as error:
             raise UsageError(f"--segment-size: {error}") from None
-    return plan.overridden(threads=threads, segment_size=size, report=report)
+    return protocol.decide(plan, os.environ).overridden(threads=threads, segment_size=size, report=report)
 
 
 @app.command(

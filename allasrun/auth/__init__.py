@@ -5,7 +5,14 @@ imports keystoneauth1 until a token must come from Keystone, and nothing here kn
 jobs or staging.
 """
 
-from allasrun.auth.identity import SECRET_VARIABLES, AppCredential, Identity, Password, Target
+from allasrun.auth.identity import (
+    SECRET_VARIABLES,
+    AppCredential,
+    Identity,
+    Password,
+    Target,
+    keystone_at_hand,
+)
 from allasrun.auth.s3keys import S3Keys, find_keys
 from allasrun.auth.schedule import Schedule
 from allasrun.auth.source import TokenSource
@@ -23,5 +30,6 @@ __all__ = [
     "TokenSource",
     "duration",
     "find_keys",
+    "keystone_at_hand",
     "utc_text",
 ]

@@ -210,6 +210,21 @@ def choose_secret(
     )
 
 
+def keystone_at_hand(env: Mapping[str, str]) -> bool:
+    """Whether a Keystone secret is here without asking: a variable, a handed or stored credential.
+
+    What decides that a job with only S3 keys stages over S3: a terminal's password prompt
+    does not count, since a batch job has no terminal.
+    """
+    names = ("OS_PASSWORD", "OS_APPLICATION_CREDENTIAL_SECRET", "OS_AUTH_TOKEN", "ALLASRUN_CREDENTIALS")
+    if any(_text(env, name) for name in names):
+        return True
+    try:
+        return any((config_dir(env) / "credentials").glob("*.json"))
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class Identity:
     """Where to authenticate, as whom, and with what."""

@@ -9,17 +9,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from allasrun.auth import TokenSource
+from allasrun.commands import s3access
 from allasrun.errors import EXIT_STAGE_IN
 from allasrun.staging import MIB, StagePlan, look_up
 
 
 def run(plan: StagePlan, env: Mapping[str, str]) -> tuple[str, int]:
     """The report to print and the exit status: 0, or 74 when an input is missing."""
-    found = look_up(plan, TokenSource.open(env, project=plan.settings.project))
+    keys = s3access.keys_for(plan, env)
+    found = look_up(plan, TokenSource.open(env, project=plan.settings.project), s3_keys=keys)
     lines = []
     for item in found.inputs:
         spec = item.spec
-        address = f"allas:{spec.bucket}/{spec.key}"
+        address = spec.address()
         if item.problems:
             lines += [
                 f"{spec.where}: stage-in {address}: {p.status.upper()}: {p.error}" for p in item.problems
@@ -30,7 +32,7 @@ def run(plan: StagePlan, env: Mapping[str, str]) -> tuple[str, int]:
             lines.append(f"{spec.where}: stage-in {address}: {found_text} -> {spec.destination}")
     for out, exists in found.buckets:
         state = "exists" if exists else "does not exist yet; will be created"
-        target = f"allas:{out.bucket}/{out.key} (--when={out.when})"
+        target = f"{out.address()} (--when={out.when})"
         lines.append(f"{out.where}: stage-out {out.source} -> {target}: bucket {state}")
     if not plan:
         lines.append("no #ALLAS stage-in or stage-out directives")

@@ -17,6 +17,7 @@ from typing import Optional
 
 from allasrun import paths
 from allasrun.auth import Schedule, TokenSource
+from allasrun.commands import s3access
 from allasrun.job import (
     ClientFiles,
     Keeper,
@@ -32,7 +33,7 @@ from allasrun.job import (
 )
 from allasrun.log import log
 from allasrun.slurm.facts import node_name
-from allasrun.staging import StagePlan, StagingRun
+from allasrun.staging import KeysFor, StagePlan, StagingRun
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,14 @@ class LaunchOptions:
     schedule: Schedule = field(default_factory=Schedule)
     plan: StagePlan = field(default_factory=StagePlan)
     workdir: Path = field(default_factory=Path.cwd)
+    s3_keys: Optional[KeysFor] = None  # found by `run`, before anything starts
 
 
 def run(options: LaunchOptions, env: Mapping[str, str]) -> int:
     """Run the command under a kept token; the exit status to report."""
     executable = resolve(options.command[0], env)
     StagingRun.check_report(options.plan, options.workdir)
+    options = replace(options, s3_keys=s3access.keys_for(options.plan, env))
     where = step.place(env, stages=bool(options.plan))
     if not where.leads:
         return _on_shared_files(where, executable, options, env)
@@ -111,7 +114,7 @@ def _lead(
     source.on_renew(files.write)
     child = Supervisor.for_job(env, options.plan.settings.grace)
     pid = child.prepare(executable, options.command)  # before any thread: the service's starts below
-    staging = StagingRun(options.plan, source, options.workdir)
+    staging = StagingRun(options.plan, source, options.workdir, s3_keys=options.s3_keys)
     with Keeper(source), service or contextlib.nullcontext():
         stop = nodes.stage_in_done(staging.stage_in(child.pending_stop).exit_status)
         step.announce(where, stop)

@@ -16,6 +16,7 @@ from typing import Optional
 
 from allasrun import paths
 from allasrun.auth import Password, TokenSource, credstore, handover, utc_text
+from allasrun.commands import protocol, s3access
 from allasrun.errors import EXIT_STAGE_IN, NoCredentials, UsageError
 from allasrun.job import child_environment
 from allasrun.log import log
@@ -47,7 +48,7 @@ def run(options: SbatchOptions, env: Mapping[str, str]) -> int:
     line = sbatchline.split(options.argv)
     script_text, plan = _read(line, env)
     source = TokenSource.open(env, project=plan.settings.project)
-    missing = _missing_inputs(plan, source)
+    missing = _missing_inputs(plan, source, env)
     if missing:
         for problem in missing:
             log.error("%s", problem)
@@ -215,10 +216,10 @@ def _read(line: sbatchline.CommandLine, env: Mapping[str, str]) -> tuple[Optiona
         raise UsageError(
             f"{line.script}:1: allasrun sbatch wraps shell scripts; put 'allasrun run' inside this one"
         )
-    return text, jobscript.plan_of(text, line.script, env, strict=False)
+    return text, protocol.decide(jobscript.plan_of(text, line.script, env, strict=False), env)
 
 
-def _missing_inputs(plan: StagePlan, source: TokenSource) -> list[str]:
+def _missing_inputs(plan: StagePlan, source: TokenSource, env: Mapping[str, str]) -> list[str]:
     """Stage-in sources that do not exist now (those with %j-like placeholders are skipped).
 
     Stage-out buckets are looked up too: one that is missing is created at stage-out (its
@@ -226,7 +227,7 @@ def _missing_inputs(plan: StagePlan, source: TokenSource) -> list[str]:
     """
     if not plan:
         return []
-    found = look_up(plan, source, resolved_only=True)
+    found = look_up(plan, source, resolved_only=True, s3_keys=s3access.keys_for(plan, env))
     for out, exists in found.buckets:
         if not exists:
             log.info("%s: bucket %s does not exist yet; stage-out will create it", out.where, out.bucket)

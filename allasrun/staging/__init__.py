@@ -9,9 +9,9 @@ stages nothing starts without it.
 from typing import TYPE_CHECKING, Any
 
 from allasrun.staging import jobscript
-from allasrun.staging.plan import Settings, StagePlan, parse_segment_size
+from allasrun.staging.plan import REMOTES, S3, SWIFT, Remote, Settings, StagePlan, parse_segment_size
 from allasrun.staging.result import StageResult
-from allasrun.staging.run import StagingRun
+from allasrun.staging.run import KeysFor, StagingRun
 from allasrun.staging.transfer import MIB
 
 if TYPE_CHECKING:
@@ -19,7 +19,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MIB",
+    "REMOTES",
+    "S3",
+    "SWIFT",
+    "KeysFor",
     "LookUp",
+    "Remote",
     "Settings",
     "StagePlan",
     "StageResult",

@@ -26,6 +26,7 @@ SETTINGS = (
     "stage-out-lead",
     "grace",
     "deadline-signal",
+    "protocol",
 )
 _PREFIX = re.compile(r"#ALLAS(\s|$)")
 

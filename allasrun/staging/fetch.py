@@ -76,7 +76,7 @@ class Fetcher:
         A store that fails (not a missing bucket) raises StoreError: that says nothing about
         whether the input exists.
         """
-        source = f"allas:{spec.bucket}/{spec.key}"
+        source = spec.address()
         try:
             listed = self.store.listing(spec.bucket, spec.listing_prefix)
         except BucketMissing as error:
@@ -95,9 +95,7 @@ class Fetcher:
             path = inside(destination, relative) if into_dir else destination
             if path is None:
                 reason = f"object name {obj.name!r} would escape {destination}"
-                refused.append(
-                    not_moved("stage-in", spec.where, f"allas:{spec.bucket}/{obj.name}", "", REFUSED, reason)
-                )
+                refused.append(not_moved("stage-in", spec.where, spec.address(obj.name), "", REFUSED, reason))
             else:
                 fetches.append(Fetch(spec, obj, path))
         return fetches, refused
@@ -288,13 +286,9 @@ def not_written(path: Path, obj: RemoteObject, error: OSError) -> LocalFileError
 
 def fetch_record(fetch: Fetch) -> Transfer:
     """The record a fetch starts with, for its job to fill in."""
-    return Transfer(
-        "stage-in", fetch.spec.where, f"allas:{fetch.spec.bucket}/{fetch.obj.name}", str(fetch.path)
-    )
+    return Transfer("stage-in", fetch.spec.where, fetch.spec.address(fetch.obj.name), str(fetch.path))
 
 
 def spec_record(spec: StageIn, status: str, error: str) -> Transfer:
     """The record of a stage-in directive that was not resolved into objects."""
-    return not_moved(
-        "stage-in", spec.where, f"allas:{spec.bucket}/{spec.key}", spec.destination, status, error
-    )
+    return not_moved("stage-in", spec.where, spec.address(), spec.destination, status, error)

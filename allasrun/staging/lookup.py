@@ -12,7 +12,7 @@ from typing import Optional
 
 from allasrun.staging.fetch import Fetch
 from allasrun.staging.plan import StageIn, StageOut, StagePlan
-from allasrun.staging.run import StagingRun
+from allasrun.staging.run import KeysFor, StagingRun
 from allasrun.staging.store import Credentials, Store
 from allasrun.staging.transfer import Transfer
 
@@ -45,19 +45,20 @@ def look_up(
     *,
     resolved_only: bool = False,
     store: Optional[Store] = None,
+    s3_keys: Optional[KeysFor] = None,
 ) -> LookUp:
-    """List the plan's inputs and look up its buckets.
+    """List the plan's inputs and look up its buckets, each on its own remote.
 
     `resolved_only` skips directives that still hold a Slurm placeholder or a variable only
     the job will have (`%j`, `$TMPDIR` before the job exists), which cannot be looked up yet.
     """
-    stager = StagingRun(plan, credentials, Path.cwd(), store).stager
+    run = StagingRun(plan, credentials, Path.cwd(), store, s3_keys)
     inputs = []
     for spec in plan.stage_in:
         if not (resolved_only and _unresolved(spec.bucket + spec.key)):
-            inputs.append(Input(spec, *stager.resolve_in(spec)))
+            inputs.append(Input(spec, *run.stager(spec.remote).resolve_in(spec)))
     buckets = [
-        (out, stager.store.bucket_exists(out.bucket))
+        (out, run.stager(out.remote).store.bucket_exists(out.bucket))
         for out in plan.stage_out
         if not (resolved_only and _unresolved(out.bucket))
     ]

@@ -13,10 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
+from allasrun.errors import UsageError
 from allasrun.staging.directives import Directive
 
 GIB = 1024**3
 DEFAULT_SEGMENT = 5 * GIB  # Swift's object size limit on Allas
+SWIFT, S3 = "swift", "s3"
+PROTOCOL_VARIABLE = "ALLASRUN_PROTOCOL"  # the default protocol of bare `bucket/name` addresses
 _MAGIC = re.compile(r"[*?\[]")
 _PLACEHOLDER = re.compile(r"%(.)|\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -35,6 +38,35 @@ def pattern_start(text: str) -> int:
 
 
 @dataclass(frozen=True)
+class Remote:
+    """Where buckets live, named as CSC's rclone remotes are: `allas:` is Swift, `s3allas:` S3.
+
+    `endpoint` is an S3 remote's address unless `AWS_ENDPOINT_URL` names another; Swift's comes
+    from Keystone's catalog.
+    """
+
+    name: str
+    protocol: str
+    endpoint: Optional[str] = None
+
+
+REMOTES = {
+    remote.name: remote
+    for remote in (
+        Remote("allas", SWIFT),
+        Remote("s3allas", S3, "https://a3s.fi"),
+        Remote("lumi-o", S3, "https://lumidata.eu"),
+    )
+}
+BY_PROTOCOL = {SWIFT: "allas", S3: "s3allas"}  # the remote a bare address means
+
+
+def address(remote: str, bucket: str, name: str) -> str:
+    """An object as rclone names it, `remote:bucket/name`; a bare address's remote shows as `allas`."""
+    return f"{remote or BY_PROTOCOL[SWIFT]}:{bucket}/{name}"
+
+
+@dataclass(frozen=True)
 class Settings:
     """Knobs from `#ALLAS option` lines (and the command line, which wins)."""
 
@@ -49,6 +81,7 @@ class Settings:
     stage_out_lead: float = 600.0
     grace: float = 60.0
     deadline_signal: int = signal.SIGTERM
+    protocol: Optional[str] = None  # of bare addresses: `#ALLAS option protocol=`, else ALLASRUN_PROTOCOL
 
 
 @dataclass(frozen=True)
@@ -60,6 +93,11 @@ class StageIn:
     key: str
     destination: str
     node_local: bool = False  # into node-local scratch: staged on every node of the job
+    remote: str = "allas"  # a name in REMOTES; "" until a bare address's protocol is chosen
+
+    def address(self, name: Optional[str] = None) -> str:
+        """`remote:bucket/name` (the directive's key by default), as reports and messages show it."""
+        return address(self.remote, self.bucket, self.key if name is None else name)
 
     @property
     def is_glob(self) -> bool:
@@ -90,6 +128,11 @@ class StageOut:
     when: str = "always"
     overwrite: bool = True
     node_local: bool = False  # from node-local scratch: staged out from every node of the job
+    remote: str = "allas"  # a name in REMOTES; "" until a bare address's protocol is chosen
+
+    def address(self, name: Optional[str] = None) -> str:
+        """`remote:bucket/name` (the directive's key by default), as reports and messages show it."""
+        return address(self.remote, self.bucket, self.key if name is None else name)
 
     def due(self, status: int) -> bool:
         """Whether this stage-out runs after the command exited with `status`."""
@@ -106,6 +149,29 @@ class StagePlan:
 
     def __bool__(self) -> bool:
         return bool(self.stage_in or self.stage_out)
+
+    @property
+    def remotes(self) -> list[str]:
+        """The remotes the directives name, in order of first use ("" for undecided bare addresses)."""
+        names = [spec.remote for spec in self.stage_in] + [spec.remote for spec in self.stage_out]
+        return list(dict.fromkeys(names))
+
+    def with_protocol(self, protocol: str) -> StagePlan:
+        """Bare addresses on `protocol`'s remote, for a run whose settings and environment named none."""
+        remote = BY_PROTOCOL[protocol]
+        return replace(
+            self,
+            stage_in=tuple(replace(s, remote=s.remote or remote) for s in self.stage_in),
+            stage_out=tuple(replace(s, remote=s.remote or remote) for s in self.stage_out),
+        )
+
+    def only(self, remote: str) -> StagePlan:
+        """The directives of one remote (with the same settings): each remote has its own store."""
+        return replace(
+            self,
+            stage_in=tuple(s for s in self.stage_in if s.remote == remote),
+            stage_out=tuple(s for s in self.stage_out if s.remote == remote),
+        )
 
     def part(self, node_local: bool) -> StagePlan:
         """Only the node-local directives, or only the shared ones (with the same settings)."""
@@ -145,12 +211,12 @@ def build(
     for directive in directives:
         words = [facts.expand(directive, word) for word in directive.args]
         if directive.verb == "stage-in":
-            bucket, key = _remote(directive, words[0], strict_name=False)
+            remote, bucket, key = _address(directive, words[0], strict_name=False)
             destination = words[1] if len(words) > 1 else "./"
             local = _node_local(directive, destination, env)
-            stage_in.append(StageIn(directive.where, bucket, key, destination, local))
+            stage_in.append(StageIn(directive.where, bucket, key, destination, local, remote))
         elif directive.verb == "stage-out":
-            bucket, key = _remote(directive, words[1], strict_name=True, known=strict)
+            remote, bucket, key = _address(directive, words[1], strict_name=True, known=strict)
             stage_out.append(
                 StageOut(
                     directive.where,
@@ -160,11 +226,14 @@ def build(
                     directive.options.get("when", "always"),
                     "no-overwrite" not in directive.options,
                     _node_local(directive, words[0], env),
+                    remote,
                 )
             )
         else:
             settings = _settings(directive, words, settings)
-    return StagePlan(tuple(stage_in), tuple(stage_out), settings)
+    plan = StagePlan(tuple(stage_in), tuple(stage_out), settings)
+    protocol = settings.protocol or _protocol_variable(env)
+    return plan.with_protocol(protocol) if protocol else plan
 
 
 def parse_size(text: str) -> int:
@@ -197,13 +266,35 @@ def _node_local(directive: Directive, path: str, env: Mapping[str, str]) -> bool
     return any(normal == root or normal.startswith(root.rstrip("/") + "/") for root in roots)
 
 
-def _remote(directive: Directive, text: str, strict_name: bool, known: bool = True) -> tuple[str, str]:
-    """`[allas:]bucket[/key]` split and checked against Swift (and, to create, S3) rules.
+def _protocol_variable(env: Mapping[str, str]) -> Optional[str]:
+    value = env.get(PROTOCOL_VARIABLE, "").strip().lower()
+    if value and value not in BY_PROTOCOL:
+        raise UsageError(f"{PROTOCOL_VARIABLE}={value!r}: expected {' or '.join(BY_PROTOCOL)}")
+    return value or None
 
-    Before the job (`known=False`) a bucket named after it (%j, %a, $VAR) cannot be checked
-    yet; the job checks it with its name filled in.
+
+def _address(directive: Directive, text: str, strict_name: bool, known: bool = True) -> tuple[str, str, str]:
+    """`[remote:]bucket[/key]` split and checked against Swift (and, to create, S3) rules.
+
+    The remote is "" for a bare address, whose protocol the run chooses. Before the job
+    (`known=False`) a bucket named after it (%j, %a, $VAR) cannot be checked yet; the job
+    checks it with its name filled in.
     """
-    name = text[len("allas:") :] if text.startswith("allas:") else text
+    remote, colon, rest = text.partition(":")
+    if colon and remote in REMOTES:
+        name = rest
+    elif colon and "/" not in remote and re.fullmatch(r"[A-Za-z0-9_-]+", remote):
+        known_remotes = ", ".join(f"{r}:" for r in REMOTES)
+        raise directive.fail(f"unknown remote {remote + ':'!r} in {text!r} (expected {known_remotes})")
+    else:
+        remote, name = "", text
+    bucket, key = _bucket_key(directive, text, name, strict_name, known)
+    return remote, bucket, key
+
+
+def _bucket_key(
+    directive: Directive, text: str, name: str, strict_name: bool, known: bool
+) -> tuple[str, str]:
     if not is_utf8(name):
         raise directive.fail(f"{text!r} is not UTF-8 (a variable holds other bytes); Swift's names must be")
     bucket, _, key = name.partition("/")
@@ -259,11 +350,19 @@ def _settings(directive: Directive, words: Sequence[str], settings: Settings) ->
                 settings = replace(settings, stage_out_lead=float(_positive(int(value))))
             elif name == "grace":
                 settings = replace(settings, grace=float(_positive(int(value))))
+            elif name == "protocol":
+                settings = replace(settings, protocol=_protocol(value))
             else:
                 settings = replace(settings, deadline_signal=_signal(value))
         except ValueError as error:
             raise directive.fail(f"bad value for {name}: {error}") from None
     return settings
+
+
+def _protocol(value: str) -> str:
+    if value not in BY_PROTOCOL:
+        raise ValueError(f"{value!r} is not a protocol (expected {' or '.join(BY_PROTOCOL)})")
+    return value
 
 
 def _signal(name: str) -> int:

@@ -15,18 +15,19 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from allasrun.errors import EXIT_STAGE_OUT, LocalFileError, UsageError
 from allasrun.log import log
-from allasrun.staging.plan import StagePlan
+from allasrun.staging.plan import REMOTES, SWIFT, Remote, StageOut, StagePlan
 from allasrun.staging.result import StageResult, after_stage_in, after_stage_out
 from allasrun.staging.select import local_path
 from allasrun.staging.transfer import CANCELLED, FAILED, MISSING, Transfer, not_moved, summarise
 
 if TYPE_CHECKING:  # the stager (threads, hashing) and the store load only when something is staged
+    from allasrun.auth import S3Keys
     from allasrun.staging.report import Record
     from allasrun.staging.stager import Stager
     from allasrun.staging.store import Credentials, Store
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # the stager (threads, hashing) and the store load only when 
 # apart for each node and run, since the nodes of a job may share that directory.
 RECORD = "allasrun-stage-out-{stamp}-{host}-{pid}.json"
 UNLANDED = (FAILED, CANCELLED)  # what finishing a stage-out uploads again
+KeysFor = Callable[[Remote], "S3Keys"]  # the S3 keys (and endpoint) a remote is reached with
 
 
 class StagingRun:
@@ -46,13 +48,16 @@ class StagingRun:
         credentials: Credentials,
         workdir: Path,
         store: Optional[Store] = None,
+        s3_keys: Optional[KeysFor] = None,
     ) -> None:
+        """`store` serves every remote (the tests' fake); else Swift by `credentials`, S3 by `s3_keys`."""
         self.plan = plan
         self.workdir = workdir
         self.transfers: list[Transfer] = []
         self._credentials = credentials
+        self._s3_keys = s3_keys
         self._store = store
-        self._stager: Optional[Stager] = None
+        self._stagers: dict[str, Stager] = {}
 
     @staticmethod
     def check_report(plan: StagePlan, workdir: Path) -> None:
@@ -72,30 +77,44 @@ class StagingRun:
         if not os.access(folder, os.W_OK | os.X_OK):
             raise LocalFileError(f"cannot write the transfer report {path}: {folder} is not writable")
 
-    @property
-    def stager(self) -> Stager:
-        """The stager, and the store under it, made when first needed."""
-        if self._stager is None:
+    def stager(self, remote: str) -> Stager:
+        """The stager of one remote, and the store under it, made when first needed."""
+        if remote not in self._stagers:
             from allasrun.staging.stager import Stager
 
-            self._stager = Stager(self.store, self.plan.settings, self.workdir)
-        return self._stager
+            self._stagers[remote] = Stager(self._store_for(remote), self.plan.settings, self.workdir)
+        return self._stagers[remote]
 
-    @property
-    def store(self) -> Store:
-        """The object store the plan's transfers go through."""
-        if self._store is None:
+    def _store_for(self, remote: str) -> Store:
+        """The object store of a remote: Swift through the token, S3 with the keys for it."""
+        if self._store is not None:
+            return self._store
+        where = REMOTES[remote or "allas"]
+        if where.protocol == SWIFT:
             from allasrun.staging.swift import SwiftStore
 
-            self._store = SwiftStore(self._credentials, self.plan.settings.retries)
-        return self._store
+            return SwiftStore(self._credentials, self.plan.settings.retries)
+        if self._s3_keys is None:
+            raise UsageError(f"{where.name}: this command cannot stage over S3")
+        from allasrun.staging.s3 import S3Store
+
+        keys = self._s3_keys(where)
+        endpoint = keys.endpoint or where.endpoint or ""
+        return S3Store(endpoint, keys.access, keys.secret, self.plan.settings.retries)
 
     def stage_in(self, stop_signal: Callable[[], Optional[int]]) -> StageResult:
-        """Fetch the inputs; `stop_signal()` names a signal that has asked the run to stop."""
+        """Fetch the inputs; `stop_signal()` names a signal that has asked the run to stop.
+
+        Remote by remote, in the order the directives first name them: each has its own store.
+        """
         if not self.plan.stage_in:
             return StageResult((), None)
         started = time.monotonic()
-        transfers = self.stager.stage_in(self.plan.stage_in, lambda: stop_signal() is not None)
+        transfers: list[Transfer] = []
+        for remote in self.plan.remotes:
+            specs = self.plan.only(remote).stage_in
+            if specs:
+                transfers += self.stager(remote).stage_in(specs, lambda: stop_signal() is not None)
         log.info("%s", summarise("stage-in", transfers, time.monotonic() - started))
         return self._keep(after_stage_in(transfers, stop_signal()))
 
@@ -105,9 +124,19 @@ class StagingRun:
         if not due:
             return StageResult((), command_status)
         started = time.monotonic()
-        transfers = self.stager.stage_out(due)
+        transfers = self._upload(due)
         log.info("%s", summarise("stage-out", transfers, time.monotonic() - started))
         return self._keep(after_stage_out(transfers, command_status))
+
+    def _upload(
+        self, specs: Sequence[StageOut], only: Optional[Collection[tuple[str, str]]] = None
+    ) -> list[Transfer]:
+        """Stage-out remote by remote (`only`: these (source, destination) pairs)."""
+        transfers: list[Transfer] = []
+        for remote in dict.fromkeys(spec.remote for spec in specs):
+            mine = [spec for spec in specs if spec.remote == remote]
+            transfers += self.stager(remote).stage_out(mine, only=only)
+        return transfers
 
     def finish(self, final: int, command_status: Optional[int]) -> int:
         """Write the JSON report if one was asked for or stage-out failed; `final` is returned.
@@ -159,7 +188,7 @@ class StagingRun:
         wanted = {(t.source, t.destination) for t in pending}
         specs = [s for s in self.plan.stage_out if any(t.where == s.where for t in pending)]
         started = time.monotonic()
-        done = self.stager.stage_out(specs, only=wanted) if pending else []
+        done = self._upload(specs, only=wanted) if pending else []
         seen = {(t.source, t.destination) for t in done}
         done += [
             not_moved(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from allasrun.errors import EXIT_UNAVAILABLE, DirectiveError, SlurmUnavailable
+from allasrun.errors import EXIT_UNAVAILABLE, DirectiveError, SlurmUnavailable, UsageError
 from allasrun.slurm import facts
 from allasrun.staging import jobscript
 from allasrun.staging import plan as stageplan
@@ -39,7 +39,7 @@ def test_full_header() -> None:
     assert warnings == [
         "job.sh:11: #ALLAS after the first command is ignored: #ALLAS stage-in ignored/after-command"
     ]
-    plan = build(directives, JOB, "login")
+    plan = build(directives, JOB, "login").with_protocol("swift")
     assert plan.stage_in == (
         StageIn("job.sh:3", "178-data-bucket", "dataset34/data2.txt.zst", "dataset34/"),
         StageIn("job.sh:4", "178-data-bucket", "refs/", "refs/"),
@@ -258,3 +258,55 @@ def test_slurm_host_lists() -> None:
     assert jobscript.hostnames("c[1-3,07],login1,g[01-02]x") == [
         "c1", "c2", "c3", "c07", "login1", "g01x", "g02x"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("address", "env", "remote"),
+    [
+        ("allas:b1x/a.txt", {}, "allas"),
+        ("s3allas:b1x/a.txt", {}, "s3allas"),
+        ("lumi-o:b1x/a.txt", {}, "lumi-o"),
+        ("b1x/a.txt", {}, ""),  # the run decides (commands/protocol.py)
+        ("b1x/a.txt", {"ALLASRUN_PROTOCOL": "s3"}, "s3allas"),
+        ("b1x/a.txt", {"ALLASRUN_PROTOCOL": "Swift"}, "allas"),
+        ("allas:b1x/a.txt", {"ALLASRUN_PROTOCOL": "s3"}, "allas"),  # a named remote is kept
+        ("b1x/a:b.txt", {}, ""),  # a colon in the name is not a remote
+    ],
+)
+def test_addresses_name_their_remote(address: str, env: dict[str, str], remote: str) -> None:
+    plan = plan_of(f"#ALLAS stage-in {address}\n#ALLAS stage-out out.txt {address}\n", {**JOB, **env})
+    assert plan.stage_in[0].remote == plan.stage_out[0].remote == remote
+    assert plan.stage_in[0].bucket == "b1x"
+
+
+def test_the_protocol_option_decides_bare_addresses_wherever_it_stands() -> None:
+    text = "#ALLAS stage-in b1x/a.txt\n#ALLAS stage-in allas:b1x/c\n#ALLAS option protocol=s3\n"
+    plan = plan_of(text, {**JOB, "ALLASRUN_PROTOCOL": "swift"})  # the script wins
+    assert [s.remote for s in plan.stage_in] == ["s3allas", "allas"]
+    assert plan.remotes == ["s3allas", "allas"]
+    assert plan.only("allas").stage_in == (plan.stage_in[1],)
+    assert plan.stage_in[0].address("x/y") == "s3allas:b1x/x/y"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "#ALLAS stage-in s3:b1x/a",
+            "job.sh:1: unknown remote 's3:' in 's3:b1x/a' (expected allas:, s3allas:, lumi-o:)",
+        ),
+        (
+            "#ALLAS option protocol=ftp",
+            "job.sh:1: bad value for protocol: 'ftp' is not a protocol (expected swift or s3)",
+        ),
+    ],
+)
+def test_bad_remotes_and_protocols_name_the_line(text: str, message: str) -> None:
+    with pytest.raises(DirectiveError) as caught:
+        plan_of(text)
+    assert str(caught.value).startswith(message)
+
+
+def test_a_bad_protocol_variable_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="ALLASRUN_PROTOCOL='ftp': expected swift or s3"):
+        plan_of("#ALLAS stage-in b1x/a\n", {**JOB, "ALLASRUN_PROTOCOL": "ftp"})

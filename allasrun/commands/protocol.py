@@ -1,0 +1,24 @@
+"""Which protocol a bare `bucket/name` address means, when neither the script nor the environment says.
+
+`#ALLAS option protocol=` and `ALLASRUN_PROTOCOL` decide first (the plan reads them). Failing
+those: S3 when the user has S3 keys and no Keystone secret at hand (a Roihu user whose
+`allas-conf` set up S3 only), else Swift, Allas's protocol until now and what every
+`OS_*` secret is for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from allasrun.auth import find_keys, keystone_at_hand
+from allasrun.staging import S3, SWIFT, StagePlan
+
+
+def decide(plan: StagePlan, env: Mapping[str, str]) -> StagePlan:
+    """The plan with its bare addresses on the protocol the rule above picks."""
+    if "" not in plan.remotes:
+        return plan
+    home = Path(env.get("HOME") or Path.home())
+    s3_only = not keystone_at_hand(env) and find_keys(env, home) is not None
+    return plan.with_protocol(S3 if s3_only else SWIFT)

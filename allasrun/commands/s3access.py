@@ -1,0 +1,56 @@
+"""The S3 keys a run stages with, per remote: the user's own, checked to be for that remote.
+
+`allas-conf --lumi` overwrites the same `~/.aws` and `~/.s3cfg` files that `allas-conf --mode S3`
+writes, so keys found there may be LUMI-O's: sending them to Allas (or Allas's to LUMI-O) would
+only earn a refusal, after the command has run. The endpoint the keys came with decides, unless
+`AWS_ENDPOINT_URL` names one for every remote (as the tests do, to reach the local stack).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from allasrun.auth import S3Keys, find_keys
+from allasrun.errors import BadS3Keys, NoCredentials
+from allasrun.log import hide
+from allasrun.staging import REMOTES, S3, KeysFor, Remote, StagePlan
+
+
+def keys_for(plan: StagePlan, env: Mapping[str, str]) -> KeysFor:
+    """A function giving each S3 remote its keys; those of the plan's S3 remotes are found now.
+
+    Now, not at stage-out: keys missing or meant for another endpoint must stop a job before
+    its command runs for days, not after.
+    """
+
+    @cache
+    def found() -> S3Keys:
+        keys = find_keys(env, Path(env.get("HOME") or Path.home()))
+        if keys is None:
+            raise NoCredentials(
+                "no S3 keys: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run "
+                "'allas-conf --mode S3' (it writes ~/.s3cfg and ~/.aws/credentials)"
+            )
+        hide(keys.secret)
+        return keys
+
+    def keys(remote: Remote) -> S3Keys:
+        mine = found()
+        if mine.endpoint and remote.endpoint and _host(mine.endpoint) != _host(remote.endpoint):
+            raise BadS3Keys(
+                f"{remote.name}: the S3 keys in {mine.origin} are for {mine.endpoint}, not "
+                f"{remote.endpoint}; set AWS_ENDPOINT_URL if that is where {remote.name}: is"
+            )
+        return mine
+
+    for name in plan.remotes:
+        if REMOTES[name or "allas"].protocol == S3:
+            keys(REMOTES[name])
+    return keys
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url if "//" in url else f"//{url}").hostname or url).lower()
