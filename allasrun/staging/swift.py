@@ -10,31 +10,23 @@ files: a zero-byte manifest with `X-Object-Manifest`) as an empty object, so eve
 object that is not a folder marker is asked about with a HEAD too; a DLO's segments are the
 objects under its manifest's prefix.
 
-Every request has a timeout (`TIMEOUT`: connect, and each read of the socket), so a server
+Every request has a timeout (`retry.TIMEOUT`: connect, and each read of the socket), so a server
 that stops answering fails the call instead of hanging the job.
 
-Retries are made here, not by swiftclient (which ignores `Retry-After`): a request that gets
-no answer, a server error, or throttling (408, 429, and 498, Swift's rate limit) is sent again
-up to `retries` times, after 1, 2, 4 ... s, or after the server's `Retry-After` when that is
-longer. Any one wait is at most `LONGEST_WAIT`: a server asking for an hour must not hold a
-job past its time limit, so a request gives up after `retries` such waits at most (3 minutes
-with the default 3) and the file is reported instead.
+Retries are made by `retry.call`, not by swiftclient (which ignores `Retry-After`).
 
 The only module that imports swiftclient. A keystoneauth plugin hands swiftclient the
 source's current token; on a 401 swiftclient calls `invalidate`, which asks the source for a
 renewal, so a transfer that outlives a token carries on instead of failing. Every call goes
-through `_call`, the one place swiftclient's and requests' exceptions become `StoreError`s
-that name the URL.
+through `_call`, and `store_error` is the one place swiftclient's and requests' exceptions
+become `StoreError`s that name the URL.
 """
 
 from __future__ import annotations
 
-import contextlib
-import email.utils
 import json
 import threading
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, BinaryIO, Callable, Optional
 from urllib.parse import unquote
 
@@ -46,14 +38,8 @@ from swiftclient.exceptions import ClientException
 from swiftclient.utils import LengthWrapper
 
 from allasrun.errors import BucketMissing, StoreError
-from allasrun.log import log
+from allasrun.staging import retry
 from allasrun.staging.store import CHUNK, EMPTY_MD5, Credentials, RemoteObject, Segment, slo_etag
-
-# Seconds to connect, and to wait for each read of the socket (not the whole transfer). Allas
-# answers in well under a second; a minute of silence is a stalled connection.
-TIMEOUT = (20.0, 60.0)
-LONGEST_WAIT = 60.0  # seconds: the most one wait before a retry lasts, whatever Retry-After says
-RATE_LIMITED = (408, 429, 498)  # a timeout, Too Many Requests, and Swift's own rate limit
 
 
 class _SourceAuth(ks_plugin.BaseAuthPlugin):
@@ -78,7 +64,7 @@ class SwiftStore:
     """Object storage operations for the stager; safe to use from many threads."""
 
     def __init__(
-        self, credentials: Credentials, retries: int = 3, timeout: tuple[float, float] = TIMEOUT
+        self, credentials: Credentials, retries: int = 3, timeout: tuple[float, float] = retry.TIMEOUT
     ) -> None:
         self._credentials = credentials
         self._session = ks_session.Session(auth=_SourceAuth(credentials))
@@ -254,64 +240,33 @@ class SwiftStore:
         **kwargs: Any,
     ) -> Any:
         """One request, retried while the failure is transient; `again` rewinds an upload's source."""
-        for retry in range(self._retries + 1):
-            try:
-                with _mapped(action):
-                    return function(*args, **kwargs)
-            except StoreError as error:
-                if not error.transient or retry == self._retries:
-                    error.retried = error.transient
-                    raise
-                delay = wait_before(retry, error.retry_after)
-                log.info("%s; retrying in %.0f s", error, delay)  # progress: the failure, if any, is an error
-                time.sleep(delay)
-                if again is not None:
-                    again()
-        raise AssertionError("unreachable")
-
-
-def wait_before(retry: int, retry_after: Optional[float]) -> float:
-    """Seconds before retry number `retry` + 1: the backoff, or the server's longer ask, capped."""
-    return min(max(float(2**retry), retry_after or 0.0), LONGEST_WAIT)
-
-
-def retry_after(headers: Optional[Mapping[str, str]]) -> Optional[float]:
-    """`Retry-After` in seconds, whether given as seconds or as an HTTP date; None if absent or bad."""
-    value = next((v for k, v in (headers or {}).items() if k.lower() == "retry-after"), None)
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
+        return retry.call(action, lambda: function(*args, **kwargs), store_error, self._retries, again)
 
 
 def _stream(body: Iterator[bytes], action: str) -> Iterator[bytes]:
     """The body, with errors while it streams (a reset, a timeout) mapped like the request's."""
-    with _mapped(action):
-        yield from body
-
-
-@contextlib.contextmanager
-def _mapped(action: str) -> Iterator[None]:
-    """Turn swiftclient's, requests' and urllib3's exceptions into StoreError."""
     try:
-        yield
-    except ClientException as error:
+        yield from body
+    except Exception as error:  # mapped, or re-raised as it is
+        raise store_error(error, action) from None
+
+
+def store_error(error: Exception, action: str) -> StoreError:
+    """swiftclient's, requests' and urllib3's exceptions as a StoreError; anything else re-raised."""
+    if isinstance(error, StoreError):
+        return error
+    if isinstance(error, ClientException):
         code = error.http_status
         status = f"HTTP {code}" if code else "no response"
         message = f"cannot {action}: {status} {error.http_reason or ''}".rstrip()
-        transient = not code or code >= 500 or code in RATE_LIMITED
-        delay = retry_after(error.http_response_headers)
-        raise StoreError(message, code, transient=transient, retry_after=delay) from None
-    except (OSError, urllib3.exceptions.HTTPError) as error:  # requests' errors are OSErrors
-        raise StoreError(f"cannot {action}: {error}", transient=True) from None
-    except ValueError as error:  # a listing or manifest that is not JSON/UTF-8
-        raise StoreError(f"cannot {action}: malformed response ({error})") from None
+        transient = not code or code >= 500 or code in retry.RATE_LIMITED
+        delay = retry.retry_after(error.http_response_headers)
+        return StoreError(message, code, transient=transient, retry_after=delay)
+    if isinstance(error, (OSError, urllib3.exceptions.HTTPError)):  # requests' errors are OSErrors
+        return StoreError(f"cannot {action}: {error}", transient=True)
+    if isinstance(error, ValueError):  # a listing or manifest that is not JSON/UTF-8
+        return StoreError(f"cannot {action}: malformed response ({error})")
+    raise error
 
 
 class _BigReads(LengthWrapper):  # type: ignore[misc]  # swiftclient has no type hints

@@ -270,6 +270,11 @@ def put_object(stack: Stack, bucket: str, name: str, data: bytes) -> None:
     assert response.status_code == 201, response.text
 
 
+def s3_endpoint(stack: Stack) -> str:
+    """The stack's S3 endpoint, path style: radosgw's own, or the s3api at Swift's proxy."""
+    return stack.env["MINI_RGW_S3_URL"] if stack.backend == "rgw" else stack.env["MINI_ALLAS_SWIFT_URL"]
+
+
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED")
 
 

@@ -2,8 +2,8 @@
 
 Data flows one way: commands compose auth, job, staging and slurm through their front
 doors; auth knows nothing of jobs or staging; job and staging do not know each other; only
-two modules touch keystoneauth1 and one swiftclient. And a run served by the token cache
-never imports either, which is what keeps start-up under its budget.
+two modules touch keystoneauth1, one swiftclient and one botocore. And a run served by the
+token cache never imports any of them, which is what keeps start-up under its budget.
 """
 
 from __future__ import annotations
@@ -85,10 +85,11 @@ def test_only_the_cli_imports_commands_and_commands_use_front_doors() -> None:
 def test_third_party_clients_each_have_one_home() -> None:
     assert _importers("keystoneauth1") == {"allasrun.auth.keystone", "allasrun.staging.swift"}
     assert _importers("swiftclient") == {"allasrun.staging.swift"}
+    assert _importers("botocore") == {"allasrun.staging.s3"}
     assert _importers("subprocess") == {"allasrun.slurm.facts", "allasrun.slurm.submit"}
 
 
-def test_a_cached_token_run_never_imports_keystoneauth_or_swiftclient(tmp_path: Path) -> None:
+def test_a_cached_token_run_never_imports_keystoneauth_swiftclient_or_botocore(tmp_path: Path) -> None:
     """`allasrun -- true` with an application credential and a cached token: no Keystone at all.
 
     Keystone's URL is a closed port, so any attempt to authenticate would fail the run.
@@ -113,7 +114,7 @@ def test_a_cached_token_run_never_imports_keystoneauth_or_swiftclient(tmp_path: 
     probe = (
         "import atexit, json, sys\n"
         "def report():\n"
-        "    loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('keystoneauth1', 'swiftclient'))\n"
+        "    loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('keystoneauth1', 'swiftclient', 'botocore'))\n"
         f"    open({str(tmp_path / 'modules.json')!r}, 'w').write(json.dumps(loaded))\n"
         "atexit.register(report)\n"
         "sys.argv = ['allasrun', '--', 'true']\n"

@@ -197,7 +197,7 @@ def test_a_stalled_server_times_out() -> None:
 def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The delays SwiftStore would have slept before its retries."""
     delays: list[float] = []
-    monkeypatch.setattr("allasrun.staging.swift.time.sleep", delays.append)
+    monkeypatch.setattr("allasrun.staging.retry.time.sleep", delays.append)
     return delays
 
 
