@@ -12,6 +12,12 @@ another.
 
 The cache only saves logins, so it never costs a run its token: a cache that cannot be made,
 locked or written (quota, full disk, permission) is a warning, and the run goes on without it.
+
+The cache lives in the home, which every node of a cluster shares, and nodes' clocks differ.
+An entry therefore names the host that wrote it and that host's clock offset from Keystone
+when the token arrived: a run on the same host can judge the token by Keystone's clock at no
+cost, one on another host has to ask Keystone (`TokenSource`). An entry of an older allasrun
+(the bare token) counts as another host's.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import contextlib
 import errno
 import hashlib
 import hmac
+import json
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +42,41 @@ from allasrun.log import log
 
 KEY_FILE = "key"
 KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A cached token, who wrote it, and how far the writer's clock was off Keystone's."""
+
+    token: Token
+    host: Optional[str]  # None: an entry of an older allasrun, written on a host unknown
+    clock_offset: Optional[float]  # the writer's clock minus Keystone's; None: not known
+
+    @property
+    def written_here(self) -> bool:
+        """Whether this host wrote it: then the writer's clock is ours, and so is its offset."""
+        return self.host == socket.gethostname()
+
+    def to_json(self) -> str:
+        """The entry's file content."""
+        token = json.loads(self.token.to_json())
+        return json.dumps(
+            {"token": token, "host": self.host, "clock_offset": self.clock_offset}, sort_keys=True
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Entry:
+        """Read an entry back, or a bare token as an older allasrun wrote it (host unknown).
+
+        A ValueError or TypeError means a bad cache file.
+        """
+        data = json.loads(text)
+        if not isinstance(data, dict) or "token" not in data:
+            return cls(Token.from_dict(data), None, None)
+        host, offset = data["host"], data["clock_offset"]
+        if not isinstance(host, (str, type(None))) or not isinstance(offset, (int, float, type(None))):
+            raise TypeError("token cache entry has a bad host or clock offset")
+        return cls(Token.from_dict(data["token"]), host, None if offset is None else float(offset))
 
 
 @dataclass(frozen=True)
@@ -60,17 +103,21 @@ class TokenCache:
         digest = hmac.new(key, material, hashlib.sha256).hexdigest()[:40]
         return cls(directory / f"{digest}.json")
 
-    def load(self) -> Optional[Token]:
-        """The cached token, or None when there is none or the file is unreadable."""
+    def load(self) -> Optional[Entry]:
+        """The cached entry, or None when there is none or the file is unreadable."""
         try:
-            return Token.from_json(self.path.read_text(encoding="utf-8"))
+            return Entry.from_json(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError, TypeError):
             return None
 
     def store(self, token: Token) -> None:
-        """Replace the cached token (0600, atomically); on failure warn and go on without it."""
+        """Replace the cached token (0600, atomically) as this host's, with the token's clock offset.
+
+        On failure warn and go on without it.
+        """
+        entry = Entry(token, socket.gethostname(), token.clock_offset)
         try:
-            write_atomic(self.path, token.to_json())
+            write_atomic(self.path, entry.to_json())
         except OSError as error:
             _warn("write", self.path, error)
 

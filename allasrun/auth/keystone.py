@@ -8,8 +8,10 @@ are left, which the keeper's own schedule already decides better.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, NoReturn, Union
+from email.utils import parsedate_to_datetime
+from typing import Any, NoReturn, Optional, Union
 
 from keystoneauth1 import access
 from keystoneauth1 import exceptions as ks_exc
@@ -60,6 +62,50 @@ def authenticate(target: Target, secret: Secret) -> Token:
         user_id=auth.user_id or "",
         renewable=not isinstance(secret, ExistingToken),
     )
+
+
+@dataclass(frozen=True)
+class Check:
+    """What Keystone says of a token we hold: whether it still accepts it, and its clock."""
+
+    accepted: bool
+    keystone_time: Optional[float]  # Keystone's clock when it answered (its Date header), if shown
+
+
+def check_token(target: Target, token: Token) -> Check:
+    """Ask Keystone whether it still accepts `token` (the token validating itself), and its time.
+
+    A user may validate their own token. Any 4xx (expired, revoked, or a policy that forbids
+    it) counts as a refusal: the caller then authenticates, which is always right. A token
+    Keystone accepts comes with its clock if the answer has a `Date` header (a web server in
+    front of Keystone adds one; uwsgi alone does not). KeystoneUnreachable if it cannot answer.
+    """
+    headers = {"X-Auth-Token": token.value, "X-Subject-Token": token.value}
+    url = target.auth_url.rstrip("/") + "/auth/tokens"
+    try:
+        response = _session().get(url, headers=headers, raise_exc=False)
+    except ks_exc.ClientException as error:
+        _raise_mapped(error, target, "validate the cached token")
+    if 400 <= response.status_code < 500:
+        return Check(False, None)
+    if response.status_code != 200:
+        raise KeystoneUnreachable(
+            f"Keystone at {target.auth_url} answered HTTP {response.status_code} to validate the cached token"
+        )
+    return Check(True, _http_date(response.headers.get("Date")))
+
+
+def _http_date(text: Optional[str]) -> Optional[float]:
+    """POSIX seconds of an HTTP Date header; None if there is none or it is malformed.
+
+    The header has whole seconds: half a second is added, the mean of what was cut off.
+    """
+    if not text:
+        return None
+    try:
+        return parsedate_to_datetime(text).timestamp() + 0.5
+    except (TypeError, ValueError):
+        return None
 
 
 def create_app_credential(

@@ -16,10 +16,11 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Callable, Optional
 
 from allasrun import paths
-from allasrun.auth.cache import TokenCache, open_cache
+from allasrun.auth.cache import Entry, TokenCache, open_cache
 from allasrun.auth.identity import AppCredential, Identity, Password, Target, ask_password, gather
 from allasrun.auth.schedule import Schedule
 from allasrun.auth.token import Token, duration, utc_text
@@ -93,6 +94,11 @@ class TokenSource:
         return self._token
 
     @property
+    def clock_offset(self) -> Optional[float]:
+        """How far this node's clock runs ahead of Keystone's, as far as the current token shows it."""
+        return self._token.clock_offset
+
+    @property
     def cache(self) -> Optional[TokenCache]:
         """The token cache in use, if any (a minted run credential uses none)."""
         return self._cache
@@ -132,7 +138,7 @@ class TokenSource:
             "renewed token (%d); expires %s (in %s)",
             count,
             fresh.expiry_text(),
-            duration(fresh.remaining(time.time())),
+            duration(fresh.remaining(fresh.keystone_now(time.time()))),
         )
         return fresh
 
@@ -145,7 +151,7 @@ class TokenSource:
         """
         if not isinstance(self._identity.secret, Password):
             return
-        expires = time.time() + hours * 3600
+        expires = self._token.keystone_now(time.time()) + hours * 3600  # Keystone's clock decides
         name, credential = self.create_credential(
             "run", expires, "created by allasrun for one run; revoked when it ends"
         )
@@ -221,7 +227,7 @@ class TokenSource:
         """
         if self._owner is not None:
             return self._owner.target, self._owner_token(self._owner)
-        if self.schedule.fresh_enough(self._token, time.time()):
+        if self.schedule.fresh_enough(self._token, self._token.keystone_now(time.time())):
             return self._identity.target, self._token
         return self._identity.target, self.renew(self._token)
 
@@ -257,24 +263,79 @@ def _obtain(
     """A token with enough life left: from the cache if another run left one, else Keystone.
 
     When renewing, `replacing` is the token in hand: a cached token only counts if it
-    outlives that one, i.e. another process on this node renewed first.
+    outlives that one, i.e. another process renewed first. The token carries this node's
+    clock offset from Keystone when it is known.
     """
     if cache is None:
-        return _authenticate(identity)
+        return _authenticate(identity, schedule)
     with cache.exclusive():
-        cached = cache.load()
-        newer = replacing is None or (cached is not None and cached.expires_at > replacing.expires_at)
-        if cached is not None and newer and schedule.fresh_enough(cached, time.time()):
+        entry = cache.load()
+        newer = replacing is None or (entry is not None and entry.token.expires_at > replacing.expires_at)
+        cached = _usable(identity, entry, schedule) if entry is not None and newer else None
+        if cached is not None:
             log.debug("using the cached token (expires %s)", cached.expiry_text())
             return cached
-        token = _authenticate(identity)
+        token = _authenticate(identity, schedule)
         cache.store(token)
         return token
 
 
-def _authenticate(identity: Identity) -> Token:
+def _usable(identity: Identity, entry: Entry, schedule: Schedule) -> Optional[Token]:
+    """The cached token, with this node's clock offset, if it has enough life left by Keystone's clock.
+
+    Written on this host, it is judged by the offset stored with it (our own clock's, so it costs
+    nothing), or by our clock where that is later: a clock set right since then only costs a
+    login, never a token taken for fresh that Keystone holds expired. Written on another host,
+    whose clock may differ from ours by more than the token's margin, it is first judged by our
+    clock, then checked with Keystone (`_checked`).
+    """
+    now = time.time()
+    if entry.written_here:
+        offset = min(entry.clock_offset or 0.0, 0.0)
+        token = replace(entry.token, clock_offset=offset)
+        return token if schedule.fresh_enough(token, token.keystone_now(now)) else None
+    if not schedule.fresh_enough(entry.token, now):
+        return None
+    return _checked(identity, entry, schedule)
+
+
+def _checked(identity: Identity, entry: Entry, schedule: Schedule) -> Optional[Token]:
+    """Another host's token, if Keystone still accepts it and its clock leaves it enough life.
+
+    One validation instead of a login; Keystone's answer also tells this node's clock offset.
+    If Keystone cannot answer, it could not log us in either: the token is used by our clock.
+    """
+    from allasrun.auth import keystone  # as in `_authenticate`: only this path pays for it
+
+    where = entry.host or "an unknown host"
+    try:
+        check = keystone.check_token(identity.target, entry.token)
+    except AllasrunError as error:
+        log.debug(
+            "cannot check the token cached by %s with Keystone (%s); judged by this node's clock",
+            where,
+            error,
+        )
+        return entry.token
+    if not check.accepted or check.keystone_time is None:
+        why = "refused" if not check.accepted else "accepted it but did not tell its time"
+        log.debug("not using the token cached by %s: Keystone %s", where, why)
+        return None
+    token = replace(entry.token, clock_offset=time.time() - check.keystone_time)
+    if not schedule.fresh_enough(token, check.keystone_time):
+        log.debug("not using the token cached by %s: too little life left by Keystone's clock", where)
+        return None
+    log.debug(
+        "Keystone accepts the token cached by %s; this node's clock is %+.0f s off", where, token.clock_offset
+    )
+    return token
+
+
+def _authenticate(identity: Identity, schedule: Schedule) -> Token:
+    """A new token from Keystone, with this node's clock offset as the token shows it."""
     # Imported here: keystoneauth costs ~65 ms of imports, which a run served by the cache
     # never pays.
     from allasrun.auth import keystone
 
-    return keystone.authenticate(identity.target, identity.secret)
+    token = keystone.authenticate(identity.target, identity.secret)
+    return replace(token, clock_offset=schedule.clock_offset(token, time.time()))

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from typing import Optional
 
 
 @dataclass(frozen=True)
 class Token:
-    """One project-scoped token. Times are POSIX seconds so arithmetic needs no time zones."""
+    """One project-scoped token. Times are POSIX seconds so arithmetic needs no time zones.
+
+    The times are Keystone's, stamped by its clock. `clock_offset` is how far this node's clock
+    ran ahead of Keystone's (negative: behind) when the token reached it, if that is known: it
+    travels with the token so whoever reads the token (the keeper, the token service) reads its
+    times by the same clock, never a newer token with an older token's offset. It is this
+    node's knowledge, not the token's: it is not compared and not serialised.
+    """
 
     value: str
     issued_at: float
@@ -18,6 +26,7 @@ class Token:
     project_id: str
     user_id: str
     renewable: bool = True
+    clock_offset: Optional[float] = field(default=None, compare=False)
 
     @property
     def lifetime(self) -> float:
@@ -28,20 +37,31 @@ class Token:
         """Seconds left before Keystone refuses it."""
         return self.expires_at - now
 
+    def keystone_now(self, local_now: float) -> float:
+        """`local_now` by Keystone's clock, as far as `clock_offset` tells it (else as it is)."""
+        return local_now - (self.clock_offset or 0.0)
+
     def expiry_text(self) -> str:
         """The expiry in UTC, ISO 8601, for logs and `allasrun status`."""
         return utc_text(self.expires_at)
 
     def to_json(self) -> str:
-        """Serialise for the token cache."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """Serialise for the token cache (without `clock_offset`: the cache entry holds the writer's)."""
+        data = asdict(self)
+        del data["clock_offset"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Token:
         """Read back what `to_json` wrote; a ValueError or TypeError means a bad cache file."""
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: object) -> Token:
+        """A token from a parsed JSON object; ValueError or TypeError if it is none."""
         if not isinstance(data, dict):
             raise ValueError("token cache is not a JSON object")
+        data.pop("clock_offset", None)  # another node's, if anyone wrote it
         return cls(**data)
 
 

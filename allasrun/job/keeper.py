@@ -36,7 +36,7 @@ class Keeper:
             log.warning(
                 "the token from OS_AUTH_TOKEN cannot be renewed: it expires at %s (in %s)",
                 token.expiry_text(),
-                duration(token.remaining(time.time())),
+                duration(token.remaining(token.keystone_now(time.time()))),
             )
         self._thread.start()
 
@@ -59,7 +59,7 @@ class Keeper:
             return
         # Keystone stamps the token's times by its own clock; reading them by a node clock that
         # is off by more than half a life would renew in a loop, or only after the expiry.
-        offset = self._schedule.clock_offset(self._source.token, self._clock())
+        offset = self._offset(self._source.token)
         outage = _Outage(self._schedule)
         renewed_at: Optional[float] = None  # by Keystone's clock, as far as `offset` tells it
         while True:
@@ -78,14 +78,24 @@ class Keeper:
             except Exception as error:  # a bug must not end the job either: it is retried alike
                 outage.failed(error, planned, self._clock() - offset)
                 continue
-            offset = self._schedule.clock_offset(fresh, self._clock())
+            offset = self._offset(fresh)
             renewed_at = self._clock() - offset
             outage.ended(renewed_at)
+
+    def _offset(self, token: Token) -> float:
+        """The offset the source learnt with `token` (from Keystone, its answer, or the cache entry).
+
+        Only when it learnt none (a token of another host used while Keystone could not be asked)
+        the token's age has to tell, and a cached token's age may hide a skew.
+        """
+        if token.clock_offset is not None:
+            return token.clock_offset
+        return self._schedule.clock_offset(token, self._clock())
 
     def _watch_expiry(self) -> None:
         """Say when a token that cannot be renewed expires: from then on every client fails."""
         token = self._source.token
-        if not self._stopping.wait(max(token.remaining(self._clock()), 0.0)):
+        if not self._stopping.wait(max(token.remaining(token.keystone_now(self._clock())), 0.0)):
             log.error(
                 "the token from OS_AUTH_TOKEN expired at %s and cannot be renewed: the command's "
                 "clients can no longer reach Allas",

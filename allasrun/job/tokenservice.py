@@ -246,7 +246,7 @@ class TokenService:
     def _answer(self, received: bytearray, end: int) -> tuple[int, dict[str, str]]:
         """The status and headers for one request head (`end` < 0: it never ended)."""
         token = self._current()
-        left = token.remaining(time.time())
+        left = token.remaining(token.keystone_now(time.time()))  # by Keystone's clock: seconds are seconds
         refusal = _refusal(received, end, self._user, self._key)
         if refusal is None and not token.renewable and left <= 0:
             refusal = 503

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Callable, Optional
 
 import pytest
@@ -128,9 +129,12 @@ def test_a_listener_that_fails_does_not_throw_the_new_token_away(
 
 
 @pytest.mark.parametrize("skew", [100.0, -100.0], ids=["ahead", "behind"])
-def test_a_skewed_clock_still_renews_at_half_life(keystone: FakeKeystone, skew: float) -> None:
+def test_a_skewed_clock_still_renews_at_half_life(
+    keystone: FakeKeystone, skew: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """100 s off, every 1 s token looks long expired, or not due for 100 s: neither shows."""
     source = _source(1.0)
+    monkeypatch.setattr("allasrun.auth.source.time", SimpleNamespace(time=lambda: time.time() + skew))
     keeper = Keeper(source, clock=lambda: time.time() + skew)
     keeper._stopping = waits = _RecordingEvent()
     with keeper:
@@ -164,3 +168,20 @@ def test_a_renewal_made_by_another_thread_is_not_repeated(keystone: FakeKeystone
         time.sleep(0.4)  # past the old token's renewal point (0.15 s)
     assert keystone.logins == 1
     assert source.renewals == 1
+
+
+def test_a_cached_token_is_scheduled_by_the_offset_the_source_knows(keystone: FakeKeystone) -> None:
+    """0.4 s behind, a 1 s token issued 0.45 s ago looks 0.05 s old: its age hides the skew.
+
+    The source knows the offset (stored with the cache entry, or from Keystone's answer): the
+    renewal is due at once, not 0.4 s late, a token's whole margin on a 90 s token 40 s behind.
+    """
+    skew = -0.4
+    now = time.time()
+    token = Token(unique("tok"), now - 0.45, now + 0.55, STORAGE_URL, "p", "u", clock_offset=skew)
+    source = TokenSource(password_identity(), token, cache=None, schedule=QUICK)
+    keeper = Keeper(source, clock=lambda: time.time() + skew)
+    keeper._stopping = waits = _RecordingEvent()
+    with keeper:
+        _wait_for(lambda: source.renewals >= 1)
+    assert waits.waits[0] <= 0.1, waits.waits  # due 0.05 s after the start, by Keystone's clock

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -90,6 +91,22 @@ def test_renewing_a_token_that_is_no_longer_current_returns_the_current_one(
     assert source.renew(old) == new
     assert keystone.logins == 2
     assert source.renewals == 1
+
+
+@pytest.mark.parametrize("skew", [0.0, -600.0], ids=["right", "behind"])
+def test_a_token_from_keystone_carries_this_nodes_clock_offset_into_the_cache(
+    keystone: FakeKeystone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    """What the keeper and the token service read the token's times by, and what the next run
+    on this host judges the cached token by."""
+    monkeypatch.setattr("allasrun.auth.source.time", SimpleNamespace(time=lambda: time.time() + skew))
+    source = _open(tmp_path)
+    assert source.clock_offset is not None and abs(source.clock_offset - skew) < 1.0
+    assert source.cache is not None
+    entry = source.cache.load()
+    assert entry is not None and entry.written_here and entry.clock_offset == source.clock_offset
+    assert _open(tmp_path).clock_offset == min(source.clock_offset, 0.0)  # served by the cache
+    assert keystone.logins == 1
 
 
 @pytest.mark.parametrize("use_cache", [True, False])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -204,3 +205,19 @@ def test_a_defect_in_answering_costs_one_request_not_the_service(
         assert _get(service, "allasrun", service.access.key) == b""  # dropped, not answered
     assert _status(_get(service, "allasrun", service.access.key)) == 200
     assert "token service: internal error RuntimeError: a bug; request dropped" in logged.text
+
+
+@pytest.mark.parametrize("skew", [600.0, -600.0], ids=["ahead", "behind"])
+def test_the_expiry_told_to_clients_is_counted_by_keystones_clock(
+    service: TokenService, holder: Holder, skew: float
+) -> None:
+    """A node 10 minutes off: a token with 90 s left by Keystone's clock has 90 s left, not 90 -/+ 600."""
+    now = time.time()
+    keystone_now = now - skew
+    holder.token = Token(
+        "tok-skewed", keystone_now, keystone_now + 90, TOKEN.storage_url, "p", "u", clock_offset=skew
+    )
+    answer = _get(service, "allasrun", service.access.key)
+    expires = re.search(rb"\r\nX-Auth-Token-Expires: (\d+)\r\n", answer)
+    assert expires is not None, answer
+    assert 85 <= int(expires.group(1)) <= 90
