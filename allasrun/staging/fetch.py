@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Optional
 
 from allasrun.errors import BucketMissing, Corrupt, LocalFileError, StoreError
 from allasrun.log import log
-from allasrun.process import alive
+from allasrun.process import HOST, alive
 from allasrun.staging.plan import StageIn
 from allasrun.staging.select import dir_like, inside, local_path, select_objects
 from allasrun.staging.store import RemoteObject, Segment, Store, slo_etag
@@ -41,7 +40,6 @@ from allasrun.staging.transfer import (
 from allasrun.staging.verify import SIZE, Verifier, identical_by
 
 NAME_MAX = 255  # bytes in one file name (Linux, Lustre, NFS)
-HOST = socket.gethostname().split(".")[0]
 _TEMPORARY = re.compile(r"\..*\.allasrun-(?P<host>.+)-(?P<pid>[0-9]+)\.part", re.DOTALL)
 
 

@@ -4,11 +4,15 @@ Stage-out uploads new and changed files, verifies the stored ETag, and never tou
 files. A file larger than `segment-size` goes as segments and a manifest (an SLO). An identical
 object already stored is skipped, which makes a re-run resume.
 
-Segments are `<bucket>_segments/<name>/slo/<stamp>/<size>/<segment size>/<index>`. A segment
-there that the object `<name>` does not list is an orphan: left by an upload that was killed,
-or whose manifest's fate was unknown (its answer lost: it may have landed, so its segments
-were kept rather than risk a manifest pointing at nothing). Each upload or skip of a large
-file removes the orphans under its name, so a re-run leaves none.
+Segments are `<bucket>_segments/<name>/slo/<stamp>/<size>/<segment size>/<index>`, the stamp
+`TIME-RANDOM.allasrun-HOST-PID` (`segment_stamp`). A segment there that the object `<name>` does
+not list is an orphan: left by an upload that was killed, or whose manifest's fate was unknown
+(its answer lost: it may have landed, so its segments were kept rather than risk a manifest
+pointing at nothing). Each upload or skip of a file under a name that has segments removes the
+orphans under it, small files too: a file that shrank below the segment size must not leave the
+segments of its killed large upload behind. But another job may be uploading the same name at
+the same time, from this host or another: a sweep removes only the sets whose upload is over
+(`abandoned`), and never one the object lists when the sweep deletes.
 """
 
 from __future__ import annotations
@@ -16,15 +20,17 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Optional
 
 from allasrun.errors import BucketMissing, Corrupt, LocalFileError, StoreError
 from allasrun.log import log
+from allasrun.process import HOST, alive
 from allasrun.staging.plan import DEFAULT_SEGMENT, Settings, StageOut, is_pattern
 from allasrun.staging.select import LocalFile, Unfollowed, common_prefix, local_files, local_path, open_inside
 from allasrun.staging.store import RemoteObject, Segment, Store, slo_etag
@@ -33,7 +39,14 @@ from allasrun.staging.verify import MD5, PER_SEGMENT, identical_by
 
 MAX_SEGMENTS = 1000  # segments one large object's manifest may list (Swift's and radosgw's default)
 LARGEST_SEGMENT = DEFAULT_SEGMENT  # each segment is one object: 5 GiB at most
-_SEGMENT = re.compile(r"[^/]+/[0-9]+/[0-9]+/[0-9]+")  # <stamp>/<size>/<segment size>/<index>
+_SEGMENT = re.compile(r"(?P<stamp>[^/]+)/[0-9]+/[0-9]+/[0-9]+")  # <stamp>/<size>/<segment size>/<index>
+_OWNED = re.compile(r"[0-9]+\.[0-9]+-[0-9a-f]{8}\.allasrun-(?P<host>.+)-(?P<pid>[0-9]+)", re.DOTALL)
+_STARTED = re.compile(r"[0-9]+(?:\.[0-9]+)?")  # every stamp's start: when its upload began
+# Longer than any one upload can last (see `abandoned`): a set of another host's, or of an
+# earlier allasrun that did not name its owner, is an orphan only once this old.
+ABANDONED_AFTER = 14 * 24 * 3600
+_UPLOADING: set[str] = set()  # this process's large uploads in flight, by stamp
+_UPLOADING_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,7 @@ class Put:
     file: LocalFile
     name: str
     remote: Optional[RemoteObject]
+    segmented: bool = False  # segments in allasrun's layout lay under the name when it was listed
 
 
 class Uploader:
@@ -86,7 +100,27 @@ class Uploader:
         except BucketMissing:
             listing = []
         remote = {obj.name: obj for obj in listing}
-        return [Put(spec, file, name, remote.get(name)) for file, name in zip(found, names)], refused
+        segmented = self._segmented(spec.bucket, common_prefix(names))
+        puts = [
+            Put(spec, file, name, remote.get(name), name in segmented) for file, name in zip(found, names)
+        ]
+        return puts, refused
+
+    def _segmented(self, bucket: str, prefix: str) -> set[str]:
+        """The names under `prefix` that have segments: one listing per directive, not one per file.
+
+        Only these are swept after a small file's upload or skip; a failure costs the sweep,
+        not the stage-out.
+        """
+        try:
+            listed = self.store.listing(f"{bucket}_segments", prefix)
+        except BucketMissing:
+            return set()
+        except StoreError as error:
+            log.warning("%s: segments of earlier uploads not looked for: %s", prefix or bucket, error)
+            return set()
+        names = (obj.name.rpartition("/slo/") for obj in listed)
+        return {name for name, slo, rest in names if slo and _SEGMENT.fullmatch(rest)}
 
     def put(self, put: Put, record: Transfer) -> None:
         """Upload from one open file, checked to lie in its tree; gone by now: MISSING."""
@@ -108,8 +142,8 @@ class Uploader:
         identical = identical_by(source, remote, old) if remote else ""
         if remote and identical:
             record.status, record.md5, record.verified = SKIPPED, remote.md5, identical
-            if remote.slo and old:
-                self._sweep(put, old)
+            if remote.slo or put.segmented:
+                self._sweep(put, old or [])
             return
         if remote and not put.spec.overwrite:
             record.status = REFUSED
@@ -131,7 +165,7 @@ class Uploader:
             return
         record.status, record.bytes, record.md5 = DONE, size, md5
         record.verified = PER_SEGMENT if segments else MD5
-        if segments:
+        if segments or put.segmented:
             self._sweep(put, segments)
 
     def _upload(self, put: Put, source: BinaryIO, size: int) -> str:
@@ -145,16 +179,21 @@ class Uploader:
     def _upload_large(self, put: Put, source: BinaryIO, size: int, step: int, landed: list[Segment]) -> str:
         """Segments into `<bucket>_segments`, then a manifest; a failure cleans its segments.
 
-        The manifest's segments go into `landed`. Their names are new for every upload (time and
-        a random part): a rewrite of the same size and mtime must not reuse, and then delete as
-        the replaced object's, the segments of its own manifest. A manifest that got no answer
+        The manifest's segments go into `landed`. Their names are new for every upload
+        (`segment_stamp`): a rewrite of the same size and mtime must not reuse, and then delete
+        as the replaced object's, the segments of its own manifest. A manifest that got no answer
         may have landed: the object is looked up, and its segments stay unless it was refused.
         """
         bucket = f"{put.spec.bucket}_segments"
         if bucket not in self._segment_buckets:
             self.store.ensure_bucket(bucket)
             self._segment_buckets.add(bucket)
-        stamp = f"{time.time():.6f}-{uuid.uuid4().hex[:8]}"
+        with _uploading(segment_stamp()) as stamp:
+            return self._upload_segments(put, source, size, step, landed, bucket, stamp)
+
+    def _upload_segments(
+        self, put: Put, source: BinaryIO, size: int, step: int, landed: list[Segment], bucket: str, stamp: str
+    ) -> str:
         uploaded: list[Segment] = []
         try:
             for index, offset in enumerate(range(0, size, step)):
@@ -191,20 +230,46 @@ class Uploader:
     def _sweep(self, put: Put, kept: list[Segment]) -> None:
         """Remove the orphans under the name: segments in allasrun's layout the object does not list.
 
-        Only after the object is in place (uploaded or found identical). A failure costs a
-        warning: the object itself is whole, and the next upload of the name tries again.
+        Only after the object is in place (uploaded or found identical), and only the sets whose
+        upload is over. Those are chosen first and the object is read after: an upload that is
+        over can no longer put its manifest, so one that did is seen, and its segments stay.
+        A failure costs a warning: the object itself is whole, and the next upload of the name
+        tries again.
         """
         bucket, prefix = f"{put.spec.bucket}_segments", f"{put.name}/slo/"
         keep = {segment.path for segment in kept}
+        now = time.time()
         try:
-            listed = self.store.listing(bucket, prefix)
-            for obj in listed:
-                if _SEGMENT.fullmatch(obj.name[len(prefix) :]) and f"{bucket}/{obj.name}" not in keep:
-                    self.store.delete(bucket, obj.name)
+            orphans = {
+                f"{bucket}/{obj.name}"
+                for obj in self.store.listing(bucket, prefix)
+                if (found := _SEGMENT.fullmatch(obj.name[len(prefix) :])) and abandoned(found["stamp"], now)
+            } - keep
+            listed_now = self._listed_segments(put) if orphans else set()
+            if listed_now is None:
+                return
+            for path in sorted(orphans - listed_now):
+                self.store.delete(bucket, path.partition("/")[2])
         except BucketMissing:
             return
         except StoreError as error:
             log.warning("%s: segments of earlier uploads were not all removed: %s", put.name, error)
+
+    def _listed_segments(self, put: Put) -> Optional[set[str]]:
+        """The segments the object now stored under the name lists; None if they cannot be told.
+
+        Another job's upload may have replaced the object since this one's: its segments are
+        the object's now.
+        """
+        try:
+            listed = self.store.listing(put.spec.bucket, put.name)
+        except BucketMissing:
+            return set()
+        now = next((obj for obj in listed if obj.name == put.name), None)
+        if now is None or not now.large:
+            return set()
+        segments = self.store.segments(put.spec.bucket, now)
+        return {segment.path for segment in segments} if segments else None
 
     def _discard(self, segments: list[Segment]) -> None:
         """Best effort after a failed upload: what cannot be deleted now, the next upload sweeps."""
@@ -217,6 +282,53 @@ class Uploader:
         for segment in segments or ():
             bucket, _, name = segment.path.partition("/")
             self.store.delete(bucket, name)
+
+
+def segment_stamp(pid: Optional[int] = None, started: Optional[float] = None) -> str:
+    """A large upload's own part of its segments' names: `TIME-RANDOM.allasrun-HOST-PID`.
+
+    The time and random part make it new for every upload; the host and process id tell a
+    sweep whether the upload may still be running.
+    """
+    when = time.time() if started is None else started
+    return f"{when:.6f}-{uuid.uuid4().hex[:8]}.allasrun-{HOST}-{pid or os.getpid()}"
+
+
+def abandoned(stamp: str, now: float) -> bool:
+    """Whether the upload that made the segment set `stamp` is over: its set may be removed.
+
+    This process's own: when it is not uploading it now. Another process's on this host: when
+    that process is gone (like stage-in's temporary files). Any other, or one whose process id
+    was taken by another process: when the stamp's time is ABANDONED_AFTER ago. That is longer
+    than one upload can last: inside a batch job an upload cannot outlive the job, and the
+    longest job CSC's clusters run is 14 days (Puhti's longrun partition); outside one, 14 days
+    is the largest object (1000 segments of 5 GiB) at 4.3 MiB/s, slower than any link to Allas
+    that works. Clock skew between nodes is minutes. Stamps of older allasruns
+    (`TIME-RANDOM`) and of the swift CLI (the file's mtime) name no owner: only their age
+    counts. A stamp that starts with no time is not allasrun's and stays.
+    """
+    owned = _OWNED.fullmatch(stamp)
+    if owned and owned["host"] == HOST:
+        pid = int(owned["pid"])
+        if pid == os.getpid():
+            with _UPLOADING_LOCK:
+                return stamp not in _UPLOADING
+        if not alive(pid):
+            return True
+    started = _STARTED.match(stamp)
+    return started is not None and now - float(started[0]) > ABANDONED_AFTER
+
+
+@contextlib.contextmanager
+def _uploading(stamp: str) -> Iterator[str]:
+    """Marks a large upload as in flight in this process while its segments and manifest go."""
+    with _UPLOADING_LOCK:
+        _UPLOADING.add(stamp)
+    try:
+        yield stamp
+    finally:
+        with _UPLOADING_LOCK:
+            _UPLOADING.discard(stamp)
 
 
 def put_record(put: Put) -> Transfer:

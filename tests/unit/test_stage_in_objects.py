@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from allasrun.staging.fetch import HOST, not_written, temporary_name
+from allasrun.process import HOST
+from allasrun.staging.fetch import not_written, temporary_name
 from allasrun.staging.plan import Settings, StageIn
 from allasrun.staging.stager import Stager
 from allasrun.staging.store import RemoteObject

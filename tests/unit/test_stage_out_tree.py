@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -17,16 +18,19 @@ from typing import BinaryIO
 import pytest
 
 from allasrun.errors import DirectiveError, StoreError
+from allasrun.process import HOST
 from allasrun.staging import put as put_module
 from allasrun.staging import select
 from allasrun.staging.directives import parse
 from allasrun.staging.plan import Settings, StageOut, build
+from allasrun.staging.put import segment_stamp
 from allasrun.staging.select import LocalFile
 from allasrun.staging.stager import Stager
 from allasrun.staging.store import Segment
 from allasrun.staging.transfer import DONE, FAILED, MISSING, REFUSED, SKIPPED, Transfer
-from tests.unit.fakestore import FakeStore
+from tests.unit.fakestore import FakeStore, md5
 from tests.unit.keystone_fake import capture_log
+from tests.unit.test_stage_in_objects import _dead_pid
 
 OUT = StageOut("job.sh:3", "results/", "out", "run1/")
 BIG = os.urandom(2500)  # three segments of 1024 bytes
@@ -467,21 +471,108 @@ def test_a_refused_manifest_leaves_no_segments(store: FakeStore, tmp_path: Path,
     assert store.names("out_segments") == []
 
 
+def leftover(store: FakeStore, name: str, stamp: str, size: int = 2500) -> list[str]:
+    """Two segments of an upload that was killed (or is still going): their names in the bucket."""
+    store.ensure_bucket("out_segments")
+    names = [f"{name}/slo/{stamp}/{size}/1024/{i:08d}" for i in range(2)]
+    for segment in names:
+        store.put_object("out_segments", segment, b"x" * 1024)
+    return names
+
+
+DAY = 24 * 3600
+NOW = time.time()
+
+
 @pytest.mark.parametrize("skipped", [False, True])
+@pytest.mark.parametrize("size", [len(BIG), 5])
 def test_segments_a_killed_upload_left_are_removed_by_the_rerun(
-    store: FakeStore, tmp_path: Path, results: Path, skipped: bool
+    store: FakeStore, tmp_path: Path, results: Path, skipped: bool, size: int
 ) -> None:
     """Killed between segments (no manifest), or after the manifest before the replaced object's
-    segments went: the re-run's upload, or its skip, removes what the object does not list."""
+    segments went: the re-run's upload, or its skip, removes what the object does not list; also
+    when the file is now too small to be segmented (size 5)."""
+    (results / "big.bin").write_bytes(BIG[:size])
     if skipped:
         stage_out(store, tmp_path)
-    store.ensure_bucket("out_segments")
-    orphans = [f"run1/big.bin/slo/1796000000.000000-0badf00d/2500/1024/{i:08d}" for i in range(2)]
-    for orphan in orphans:
-        store.put_object("out_segments", orphan, b"x" * 1024)
+    orphans = leftover(store, "run1/big.bin", segment_stamp(pid=_dead_pid()))
+    orphans += leftover(store, "run1/big.bin", f"{NOW - 15 * DAY:.6f}-0badf00d")  # an older allasrun's
     store.put_object("out_segments", "run1/big.bin/slo/not-a-segment", b"kept: not our layout")
     status = SKIPPED if skipped else DONE
     assert stage_out(store, tmp_path)["allas:out/run1/big.bin"].status == status
     kept = {f"out_segments/{n}" for n in store.names("out_segments")}
-    manifest = {s.path for s in store.manifest("out", "run1/big.bin")}
+    manifest = {s.path for s in store.manifest("out", "run1/big.bin")} if size > 1024 else set()
     assert kept == manifest | {"out_segments/run1/big.bin/slo/not-a-segment"}
+
+
+def test_an_slo_replaced_by_a_small_file_leaves_no_segments(
+    store: FakeStore, tmp_path: Path, results: Path
+) -> None:
+    stage_out(store, tmp_path)
+    assert len(store.names("out_segments")) == 3
+    (results / "big.bin").write_bytes(b"small")
+    assert stage_out(store, tmp_path)["allas:out/run1/big.bin"].status == DONE
+    assert (store.content("out", "run1/big.bin"), store.names("out_segments")) == (b"small", [])
+
+
+@pytest.mark.parametrize("size", [len(BIG), 5])
+def test_segments_of_uploads_still_going_are_kept(
+    store: FakeStore, tmp_path: Path, results: Path, size: int
+) -> None:
+    """Another job uploading the same name, on this host (a live process) or another (young)."""
+    (results / "big.bin").write_bytes(BIG[:size])
+    going = leftover(store, "run1/big.bin", segment_stamp(pid=os.getppid()))
+    going += leftover(store, "run1/big.bin", f"{NOW - 13 * DAY:.6f}-0badf00d.allasrun-elsewhere-1")
+    going += leftover(store, "run1/big.bin", f"{NOW - DAY:.6f}-0badf00d")  # an older allasrun's
+    assert stage_out(store, tmp_path)["allas:out/run1/big.bin"].status == DONE
+    assert set(going) <= set(store.names("out_segments"))
+
+
+def test_the_sweep_keeps_the_segments_of_a_manifest_that_replaced_this_upload(
+    store: FakeStore, tmp_path: Path, results: Path
+) -> None:
+    """Another job's upload ended after this one's manifest and before its sweep: its object."""
+    other, stamp = os.urandom(2500), segment_stamp(pid=_dead_pid())
+
+    def replace_it(called: str, bucket: str, name: str) -> None:
+        if called == "listing" and bucket == "out_segments" and name == "run1/big.bin/slo/":
+            store.before = None
+            names = [f"run1/big.bin/slo/{stamp}/2500/1024/{i:08d}" for i in range(3)]
+            parts = [other[i : i + 1024] for i in range(0, 2500, 1024)]
+            for segment, part in zip(names, parts):
+                store.put_object("out_segments", segment, part)
+            listed = [Segment(f"out_segments/{n}", len(p), md5(p)) for n, p in zip(names, parts)]
+            store.put_manifest("out", "run1/big.bin", listed)
+
+    store.before = replace_it
+    assert stage_out(store, tmp_path)["allas:out/run1/big.bin"].status == DONE
+    assert store.content("out", "run1/big.bin") == other
+
+
+@pytest.mark.parametrize(
+    ("stamp", "age", "over"),
+    [
+        ("{now}-0badf00d.allasrun-{host}-{dead}", 0, True),
+        ("{now}-0badf00d.allasrun-{host}-{live}", 0, False),
+        ("{now}-0badf00d.allasrun-{host}-{live}", 15 * DAY, True),  # its id taken by another process
+        ("{now}-0badf00d.allasrun-{host}x-{dead}", 13 * DAY, False),  # another host's
+        ("{now}-0badf00d.allasrun-{host}x-{dead}", 15 * DAY, True),
+        ("{now}-0badf00d.allasrun-a-b-{dead}", 0, False),  # a host name with dashes
+        ("{now}-0badf00d", 13 * DAY, False),  # an older allasrun's
+        ("{now}-0badf00d", 15 * DAY, True),
+        ("{now}", 15 * DAY, True),  # the swift CLI's
+        ("{now}", -DAY, False),  # a clock ahead
+        ("abc", 15 * DAY, False),  # not allasrun's
+    ],
+)
+def test_a_segment_set_is_abandoned_when_its_upload_is_over(stamp: str, age: float, over: bool) -> None:
+    now = time.time()
+    named = stamp.format(now=f"{now - age:.6f}", host=HOST, dead=_dead_pid(), live=os.getppid())
+    assert put_module.abandoned(named, now) is over
+
+
+def test_this_process_s_own_sets_are_abandoned_only_once_its_upload_ended() -> None:
+    with put_module._uploading(segment_stamp()) as stamp:
+        assert not put_module.abandoned(stamp, time.time())
+    assert put_module.abandoned(stamp, time.time())
+    assert put_module._OWNED.fullmatch(stamp)
