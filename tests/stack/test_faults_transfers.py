@@ -10,13 +10,15 @@ partial or corrupt file; after a re-run, no `.part` file and no orphaned segment
 The randomness is seeded and the seed printed (pytest shows it for a failing test); set
 FAULT_SEED to replay one. Threads decide which connection comes first, so a replay repeats
 the same cut offsets, not always on the same requests. FAULT_KILLS sets how many times allasrun
-is killed (CI: 4, to stay in its time budget; the issue's 20: FAULT_KILLS=20).
+is killed (CI: 4, to stay in its time budget; the issue's 20: FAULT_KILLS=20); with
+FAULT_SOAK_REPORT, that test writes what each kill and re-run left there as JSON (bench/faults.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import random
 import re
@@ -28,9 +30,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 from urllib.parse import urlparse
 
 import psutil
@@ -221,10 +223,14 @@ def stored_sums(stack: Stack, workdir: Path, location: str) -> dict[str, str]:
     return local_sums(copy) if copy.exists() else {}
 
 
+def listed(stack: Stack, workdir: Path, location: str) -> list[str]:
+    """The objects under `location` (`bucket/prefix/`), listed through the direct storage URL."""
+    return rclone(stack, workdir, "lsf", "-R", "--files-only", f"ref:{location}").stdout.split()
+
+
 def segments_of(stack: Stack, workdir: Path, bucket: str, name: str) -> list[str]:
     """The objects under `<bucket>_segments/<name>/`: the large object's segments, and any orphan."""
-    found = rclone(stack, workdir, "lsf", "-R", "--files-only", f"ref:{bucket}_segments/{name}/")
-    return found.stdout.split()
+    return listed(stack, workdir, f"{bucket}_segments/{name}/")
 
 
 def intact_or_reported(sums: dict[str, str], got: dict[str, str], stderr: str) -> None:
@@ -343,6 +349,27 @@ class KillRound:
         )
 
 
+def timeline(process: subprocess.Popen[str], started: float) -> tuple[float, float]:
+    """A whole run, followed in its log: when stage-in was over (its summary line) and when the
+    run ended, in s after `started`. The kills are spread over each stage by these: a stage-out
+    far shorter than stage-in is hit all the same."""
+    assert process.stderr is not None
+    staged_in, log = 0.0, []
+    for line in process.stderr:
+        log.append(line)
+        if not staged_in and "stage-in: " in line:
+            staged_in = time.monotonic() - started
+    assert process.wait(timeout=600) == 0 and staged_in, "".join(log)
+    return staged_in, time.monotonic() - started
+
+
+def moments(rng: random.Random, staged_in: float, ended: float) -> list[float]:
+    """KILLS moments: one in each of KILLS - KILLS // 2 equal slices of stage-in, then one in each
+    of KILLS // 2 slices of what follows (the command and stage-out)."""
+    stages = ((0.0, staged_in, KILLS - KILLS // 2), (staged_in, ended, KILLS // 2))
+    return [start + (end - start) * (k + rng.random()) / n for start, end, n in stages for k in range(n)]
+
+
 def kill_at(process: subprocess.Popen[str], delay: float) -> tuple[str, list[psutil.Process]]:
     """SIGKILL allasrun after `delay` s: the log it wrote, and its descendants at that moment."""
     time.sleep(delay)
@@ -354,13 +381,53 @@ def kill_at(process: subprocess.Popen[str], delay: float) -> tuple[str, list[psu
     return stderr, family
 
 
-def gone(family: list[psutil.Process]) -> bool:
-    """Whether none of these processes runs any more (a zombie awaiting its reaper counts as gone)."""
+def running(family: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of these processes that still run (a zombie awaiting its reaper has ended)."""
+    alive = []
     for member in family:
         with contextlib.suppress(psutil.NoSuchProcess):
-            if member.status() != psutil.STATUS_ZOMBIE:
-                return False
-    return True
+            if member.is_running() and member.status() != psutil.STATUS_ZOMBIE:
+                alive.append(member)
+    return alive
+
+
+@dataclass
+class Kill:
+    """What one kill found and left, and what its re-run left: the soak's figures (bench/faults.py).
+
+    Filled in as the round goes, so that a report written after a failure shows how far it got.
+    """
+
+    delay: float  # s after the start
+    phase: str = ""  # "stage-in", or "stage-out" once the log holds stage-in's summary
+    processes: int = 0  # the job's processes (allasrun's descendants) at the kill
+    landed: int = 0  # stage-in: files under their final name; stage-out: objects stored
+    parts: int = 0  # `.part` files the kill left
+    segments: int = 0  # segments of the round's outputs the kill left
+    rerun: Optional[int] = None  # the re-run's exit status
+    processes_left: Optional[int] = None  # the killed run's processes running after the re-run
+    parts_left: Optional[int] = None  # `.part` files after the re-run
+    orphans_left: Optional[int] = None  # segments of the round's outputs beyond the large file's 3
+    files_checked: int = 0  # copies compared whole with the sources: in/, out/, the stored objects
+    bytes_checked: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.phase} at {self.delay:.2f} s: {self.parts} .part, {self.segments} segment(s)"
+
+
+@dataclass
+class Soak:
+    """The kill test's observations, written as JSON to FAULT_SOAK_REPORT (when set) for bench/faults.py."""
+
+    seed: int
+    files: int
+    staged_in: float = 0.0  # s into an unkilled run, when its stage-in was over
+    whole_run: float = 0.0  # s, that run
+    kills: list[Kill] = field(default_factory=list)
+
+    def write(self) -> None:
+        if path := os.environ.get("FAULT_SOAK_REPORT"):
+            Path(path).write_text(json.dumps(asdict(self), indent=1))
 
 
 def test_sigkill_at_random_moments_then_a_rerun(stack: Stack, home: Path, tmp_path: Path) -> None:
@@ -371,6 +438,7 @@ def test_sigkill_at_random_moments_then_a_rerun(stack: Stack, home: Path, tmp_pa
     sums = make_sources(tmp_path / "src", rng)
     rclone(stack, tmp_path, "copy", str(tmp_path / "src"), f"ref:{bucket}/{run}/in/")
     env = app_credential_env(stack, home)
+    soak = Soak(chosen, len(sums))
 
     def round_at(number: int) -> KillRound:
         root = tmp_path / f"round-{number}"
@@ -379,38 +447,50 @@ def test_sigkill_at_random_moments_then_a_rerun(stack: Stack, home: Path, tmp_pa
 
     # Downloads slowed (never cut), so that a kill in stage-in can find a file half written.
     with cutting(stack, chosen, (), rate=0.0, pace=0.03) as (_, url):
-        started = time.monotonic()
         first = round_at(0)
-        whole = allasrun(["run", "--storage-url", url, str(first.job())], env, cwd=first.root)
-        duration = time.monotonic() - started
-        assert whole.returncode == 0, whole.stderr
-        left = [
-            killed_and_rerun(stack, env, url, round_at(n), sums, duration * (n - 1 + rng.random()) / KILLS)
-            for n in range(1, KILLS + 1)
-        ]  # the moments spread over the run
-    print(f"a whole run: {duration:.1f} s; what each kill left for its re-run:", *left, sep="\n  ")
-    phases = {line.split()[0] for line in left}
+        soak.staged_in, duration = timeline(first.start(env, url), time.monotonic())
+        soak.whole_run = duration
+        soak.kills = [Kill(delay) for delay in moments(rng, soak.staged_in, duration)]
+        try:
+            for n, kill in enumerate(soak.kills, 1):
+                killed_and_rerun(stack, env, url, round_at(n), sums, kill)
+        finally:
+            soak.write()
+    print(
+        f"a whole run: {duration:.1f} s, stage-in over at {soak.staged_in:.1f} s; what each kill left:",
+        *soak.kills,
+        sep="\n  ",
+    )
+    phases = {kill.phase for kill in soak.kills}
     assert {"stage-in", "stage-out"} <= phases or KILLS < 2
 
 
 def killed_and_rerun(
-    stack: Stack, env: dict[str, str], url: str, kill: KillRound, sums: dict[str, str], delay: float
-) -> str:
-    """Kill a run after `delay` s; its processes end; the re-run completes, every byte right, nothing left.
-
-    Returns what the kill left: the stage it hit, `.part` files, segments of the large output.
-    """
-    stderr, family = kill_at(kill.start(env, url), delay)
-    wait_for(partial(gone, family), timeout=30, what=f"{kill.root.name}: the job's processes to end")
-    phase = "stage-out" if "stage-in: " in stderr else "stage-in"
-    parts = len(list(kill.root.rglob("*.part")))
-    large = f"{kill.outputs}sub/large.bin"
-    segments = segments_of(stack, kill.root, kill.bucket, large)
-    found = f"{phase} at {delay:.2f} s: {parts} .part, {len(segments)} segment(s)"
+    stack: Stack, env: dict[str, str], url: str, kill: KillRound, sums: dict[str, str], found: Kill
+) -> None:
+    """Kill a run after `found.delay` s; its processes end; the re-run completes, every byte right,
+    nothing left. What the kill and the re-run left goes into `found`."""
+    stderr, family = kill_at(kill.start(env, url), found.delay)
+    wait_for(lambda: not running(family), timeout=30, what=f"{kill.root.name}: the job's processes to end")
+    found.phase = "stage-out" if "stage-in: " in stderr else "stage-in"
+    found.processes = len(family)
+    if found.phase == "stage-in":
+        found.landed = sum(1 for p in (kill.root / "in").rglob("*") if p.is_file() and p.suffix != ".part")
+    else:
+        found.landed = len(listed(stack, kill.root, f"{kill.bucket}/{kill.outputs}"))
+    found.parts = len(list(kill.root.rglob("*.part")))
+    outputs = kill.outputs.rstrip("/")
+    found.segments = len(segments_of(stack, kill.root, kill.bucket, outputs))
     again = allasrun(["run", str(kill.job())], env, cwd=kill.root)
+    found.rerun = again.returncode
+    found.processes_left = len(running(family))
+    found.parts_left = len(list(kill.root.rglob("*.part")))
+    segments = segments_of(stack, kill.root, kill.bucket, outputs)
+    found.orphans_left = len(segments) - 3
     assert again.returncode == 0, f"{found}\n{stderr}\n{again.stderr}"
+    assert found.processes_left == 0 and found.parts_left == 0, found
     assert local_sums(kill.root / "in") == sums and local_sums(kill.root / "out") == sums, found
     assert stored_sums(stack, kill.root, f"{kill.bucket}/{kill.outputs}") == sums, found
-    segments = segments_of(stack, kill.root, kill.bucket, large)
-    assert len(segments) == 3, f"{found}: orphaned segments {segments}"
-    return found
+    assert len(segments) == 3 and all("sub/large.bin/" in s for s in segments), f"{found}: orphans {segments}"
+    found.files_checked = 3 * len(sums)
+    found.bytes_checked = 3 * sum(p.stat().st_size for p in (kill.root / "in").rglob("*") if p.is_file())
