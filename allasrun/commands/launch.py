@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Optional
 
 from allasrun import paths
-from allasrun.auth import Schedule, TokenSource
+from allasrun.auth import S3Keys, Schedule, TokenSource, find_keys
 from allasrun.commands import s3access
+from allasrun.errors import AllasrunError
 from allasrun.job import (
     ClientFiles,
     Keeper,
@@ -31,9 +32,9 @@ from allasrun.job import (
     resolve,
     step,
 )
-from allasrun.log import log
+from allasrun.log import hide, log
 from allasrun.slurm.facts import node_name
-from allasrun.staging import KeysFor, StagePlan, StagingRun
+from allasrun.staging import REMOTES, S3, KeysFor, StagePlan, StagingRun
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,8 @@ def _lead(
         source.lasting,
         service.access if service else None,
         env.get("BASH_ENV"),
+        s3=_command_keys(options, env),
+        aws_ca_bundle=env.get("AWS_CA_BUNDLE"),
     )
     files.write(source.token)
     source.on_renew(files.write)
@@ -133,6 +136,30 @@ def _lead(
         nodes.commands_done(overdue)  # and shared results come from every node
         final = staging.stage_out(status).exit_status
         return staging.finish(status if final is None else final, status)
+
+
+def _command_keys(options: LaunchOptions, env: Mapping[str, str]) -> Optional[S3Keys]:
+    """The S3 keys the command's clients get, with their endpoint: the plan's first S3 remote's.
+
+    A plan on Swift alone still gives the command the user's own keys for s3allas:, if they
+    name their endpoint (allas-conf writes it; AWS variables alone may well be Amazon's, which
+    the job must keep using there); keys that cannot be read cost a warning, not the job.
+    """
+    s3 = [REMOTES[name] for name in options.plan.remotes if name and REMOTES[name].protocol == S3]
+    if s3 and options.s3_keys is not None:
+        remote, keys = s3[0], options.s3_keys(s3[0])
+    else:
+        remote = REMOTES["s3allas"]
+        try:
+            found = find_keys(env, Path(env.get("HOME") or Path.home()))
+        except AllasrunError as error:
+            log.warning("the command gets no S3 keys: %s", error)
+            return None
+        if found is None or not found.endpoint:
+            return None
+        hide(found.secret)
+        keys = found
+    return replace(keys, endpoint=keys.endpoint or remote.endpoint)
 
 
 def _deadline(plan: StagePlan, env: Mapping[str, str], child: Supervisor) -> Optional[deadline.Deadline]:

@@ -4,6 +4,8 @@ Every file is rewritten whole at each renewal (see atomicfile), so a client star
 moment reads a token with time left on it. With the run's token service (tokenservice.py) the
 clients are pointed at it instead of Keystone: they re-authenticate there on their own, for as
 long as the run lives. The environment is ours less every secret, plus where those files are.
+A run with S3 keys also gives the command's S3 clients (rclone, aws, boto3, s3cmd, s5cmd) those
+keys and the endpoint, so none of them needs the user's own files.
 """
 
 from __future__ import annotations
@@ -13,17 +15,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
+from urllib.parse import urlsplit
 
 from allasrun import paths
 from allasrun.atomicfile import locked, write_atomic
-from allasrun.auth import SECRET_VARIABLES, AppCredential, Target, Token
-from allasrun.errors import AllasrunError, LocalFileError, UnsafeFile
+from allasrun.auth import SECRET_VARIABLES, AppCredential, S3Keys, Target, Token
+from allasrun.errors import AllasrunError, BadS3Keys, LocalFileError, UnsafeFile
 from allasrun.job.tokenservice import Access
 from allasrun.log import log
 
 HEADER = "# Written by allasrun; rewritten at every token renewal. Edits here are lost.\n"
 # Not secret, but it sends swift to Keystone with a credential the command no longer has.
 DROPPED = (*SECRET_VARIABLES, "OS_AUTH_TYPE")
+S3_REMOTE = "s3allas"  # as CSC's allas-conf --mode S3 names it
+# With the run's S3 keys: a profile or session token would steer the AWS clients to other keys,
+# and rclone 1.60's s3 backend will not start at all while AWS_CA_BUNDLE is set, whatever the
+# endpoint's scheme ("LoadCustomCABundleError ... unsupported transport"); the bundle moves into
+# the aws and s3cmd configuration files instead.
+S3_DROPPED = ("AWS_CA_BUNDLE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN")
 
 
 def rclone_section(
@@ -58,8 +67,89 @@ def rclone_section(
             keys["region"] = target.region
     else:
         keys.update(auth_token=token.value, storage_url=token.storage_url)
-    body = "".join(f"{key} = {value}\n" for key, value in keys.items())
-    return f"[{remote}]\n{body}"
+    return ini_section(remote, keys)
+
+
+def ini_section(name: str, options: Mapping[str, str]) -> str:
+    """`[name]` and its `option = value` lines, as rclone, s3cmd and botocore read them."""
+    return f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in options.items())
+
+
+def s3_remote(keys: S3Keys) -> dict[str, str]:
+    """The options of rclone's `[s3allas]` remote: the run's keys, path style, nothing from the environment.
+
+    Provider Ceph is what Allas and LUMI-O run; it works with Swift's s3api too (tested on both).
+    """
+    return {
+        "type": "s3",
+        "provider": "Ceph",
+        "env_auth": "false",
+        "endpoint": _endpoint(keys),
+        "force_path_style": "true",
+        "access_key_id": keys.access,
+        "secret_access_key": keys.secret,
+    }
+
+
+def s3_variables(directory: Path, keys: Optional[S3Keys]) -> dict[str, str]:
+    """What boto3, the aws CLI, s5cmd and s3cmd read: the keys, the endpoint, their config files."""
+    if keys is None:
+        return {}
+    return {
+        "AWS_ACCESS_KEY_ID": keys.access,
+        "AWS_SECRET_ACCESS_KEY": keys.secret,
+        "AWS_ENDPOINT_URL": _endpoint(keys),
+        "S3_ENDPOINT_URL": _endpoint(keys),  # s5cmd's name for it
+        "AWS_CONFIG_FILE": str(directory / "aws-config"),
+        "S3CMD_CONFIG": str(directory / "s3cfg"),
+    }
+
+
+def aws_config(ca_bundle: Optional[str]) -> str:
+    """The aws CLI's and boto3's config: path style, a region to sign for, the CA bundle.
+
+    No keys: the variables carry them. The region is one every radosgw and s3api accepts;
+    an AWS_DEFAULT_REGION the job has still wins. No endpoint either: AWS_ENDPOINT_URL is read
+    by botocore >= 1.31 (aws CLI v1 >= 1.29, v2 >= 2.13); older CLIs, Debian 12's 2.9 among
+    them, need `--endpoint-url "$AWS_ENDPOINT_URL"`. A `[plugins]` section could teach them,
+    but aws CLI v1 imports every name in it, `cli_legacy_plugin_path` too, and would not start.
+    """
+    default = {"region": "us-east-1", "s3": "\n  addressing_style = path"}
+    if ca_bundle:
+        default["ca_bundle"] = ca_bundle
+    return HEADER + ini_section("default", default)
+
+
+def s3cmd_config(keys: S3Keys, ca_bundle: Optional[str]) -> str:
+    """The s3cmd config: bucket in the path (host_bucket without `%(bucket)s`), https as the endpoint says."""
+    url = urlsplit(_endpoint(keys))
+    options = {
+        "access_key": keys.access,
+        "secret_key": keys.secret,
+        "host_base": url.netloc,
+        "host_bucket": url.netloc,
+        "use_https": str(url.scheme == "https"),
+    }
+    if ca_bundle:
+        options["ca_certs_file"] = ca_bundle
+    return HEADER + ini_section("default", options)
+
+
+def _endpoint(keys: S3Keys) -> str:
+    if not keys.endpoint:
+        raise ValueError("the run's S3 keys need their endpoint resolved")  # the caller's duty
+    return keys.endpoint.rstrip("/")
+
+
+def _check_lines(keys: S3Keys) -> None:
+    """A line break in a key would add lines of its own to every file the keys go into."""
+    for what, value in (
+        ("access key", keys.access),
+        ("secret key", keys.secret),
+        ("endpoint", keys.endpoint),
+    ):
+        if value and any(char in value for char in "\r\n"):
+            raise BadS3Keys(f"the S3 {what} from {keys.origin} contains a line break")
 
 
 def service_variables(service: Optional[Access]) -> dict[str, str]:
@@ -73,6 +163,12 @@ def service_variables(service: Optional[Access]) -> dict[str, str]:
     return {"ST_AUTH": service.url, "ST_USER": service.user, "ST_KEY": service.key, "ST_AUTH_VERSION": "1.0"}
 
 
+def rclone_variables(remote: str, options: Mapping[str, str]) -> dict[str, str]:
+    """The per-remote variables of rclone for `options` of `remote`; they win over any rclone.conf."""
+    prefix = "RCLONE_CONFIG_" + remote.upper().replace("-", "_") + "_"
+    return {prefix + name.upper(): value for name, value in options.items()}
+
+
 def rclone_overrides(remote: str, service: Optional[Access]) -> dict[str, str]:
     """The per-remote variables of rclone that point `remote` of any rclone.conf at the service.
 
@@ -82,7 +178,6 @@ def rclone_overrides(remote: str, service: Optional[Access]) -> dict[str, str]:
     """
     if service is None:
         return {}
-    prefix = "RCLONE_CONFIG_" + remote.upper().replace("-", "_") + "_"
     values = {
         "TYPE": "swift",
         "ENV_AUTH": "false",
@@ -96,7 +191,7 @@ def rclone_overrides(remote: str, service: Optional[Access]) -> dict[str, str]:
         "APPLICATION_CREDENTIAL_NAME": "",
         "APPLICATION_CREDENTIAL_SECRET": "",
     }
-    return {prefix + name: value for name, value in values.items()}
+    return rclone_variables(remote, values)
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -115,19 +210,31 @@ def child_environment(
     additions: Mapping[str, str],
     keep_password: bool = False,
 ) -> dict[str, str]:
-    """The job command's environment: ours, less every secret, plus the keeper's variables."""
+    """The job command's environment: ours, less every secret, plus the keeper's variables.
+
+    With the run's S3 keys (leader or follower alike: they come from the files), less what
+    would steer the S3 clients away from them too.
+    """
     removed = {name for name in DROPPED if not (keep_password and name == "OS_PASSWORD")}
+    if "AWS_ACCESS_KEY_ID" in additions:
+        removed.update(S3_DROPPED)
     child = {name: value for name, value in env.items() if name not in removed}
     child.update(additions)
     return child
 
 
-def env_file(token: Token, service: Optional[Access] = None) -> str:
-    """Shell lines for `source`: what allas-conf exports, for swift and curl users, and the service."""
+def env_file(token: Token, service: Optional[Access] = None, s3: Optional[Mapping[str, str]] = None) -> str:
+    """Shell lines for `source`: what allas-conf exports, for swift and curl users, and the service.
+
+    With S3 variables, also those, and then without what S3_DROPPED names, as the command has it.
+    """
     exported = {"OS_AUTH_TOKEN": token.value, "OS_STORAGE_URL": token.storage_url}
     exported.update(service_variables(service))
+    exported.update(s3 or {})
     lines = [HEADER, f"# token expires {token.expiry_text()}\n"]
     lines += [f"export {name}={shlex.quote(value)}\n" for name, value in exported.items()]
+    if s3:
+        lines.append(f"unset {' '.join(S3_DROPPED)}\n")
     return "".join(lines)
 
 
@@ -215,10 +322,17 @@ class ClientFiles:
     lasting: Optional[Lasting] = None
     service: Optional[Access] = None
     bash_env_before: Optional[str] = None  # the BASH_ENV the job had, read before ours
+    s3: Optional[S3Keys] = None  # the S3 keys the command's clients get, endpoint resolved
+    aws_ca_bundle: Optional[str] = None  # the AWS_CA_BUNDLE the job had, kept in the config files
+
+    def __post_init__(self) -> None:
+        if self.s3 is not None:
+            _check_lines(self.s3)
+            _endpoint(self.s3)
 
     @property
     def rclone_config(self) -> Path:
-        """The job's own rclone.conf, holding only the allas remote."""
+        """The job's own rclone.conf: the allas remote, and `[s3allas]` with S3 keys."""
         return self.directory / "rclone.conf"
 
     @property
@@ -250,7 +364,8 @@ class ClientFiles:
         """
         if self.user_config is not None and refusal(self.user_config) is None:
             found = files_environment(self.directory, str(self.user_config), self.node)
-            return {**found, **rclone_overrides(self.remote, self.service)}
+            s3 = rclone_variables(S3_REMOTE, s3_remote(self.s3)) if self.s3 else {}
+            return {**found, **rclone_overrides(self.remote, self.service), **s3}
         return files_environment(self.directory, str(self.rclone_config), self.node)
 
     def _write_own(self, token: Token) -> None:
@@ -258,9 +373,17 @@ class ClientFiles:
             log.warning("the run directory %s was removed; making it again", self.directory)
             paths.owned_private_dir(self.directory)
         section = rclone_section(self.remote, self.target, token, self.credential, self.service)
+        if self.s3 is not None:
+            section += "\n" + ini_section(S3_REMOTE, s3_remote(self.s3))
+            self._write_s3(self.s3)
         write_atomic(self.rclone_config, HEADER + section)
-        write_atomic(self.env_path, env_file(token, self.service))
+        write_atomic(self.env_path, env_file(token, self.service, s3_variables(self.directory, self.s3)))
         write_atomic(self.directory / "bash_env", bash_env(self.env_path, self.bash_env_before))
+
+    def _write_s3(self, keys: S3Keys) -> None:
+        """The files s3cmd and the aws CLI read; written before the env file that names them."""
+        write_atomic(self.directory / "s3cfg", s3cmd_config(keys, self.aws_ca_bundle))
+        write_atomic(self.directory / "aws-config", aws_config(self.aws_ca_bundle))
 
     def _update_user_config(self, path: Path, token: Token) -> None:
         """Keep [remote] current in the user's own file; any failure is a warning."""

@@ -15,16 +15,21 @@ import pytest
 
 from allasrun import atomicfile
 from allasrun.auth.identity import AppCredential, Target
+from allasrun.auth.s3keys import S3Keys
 from allasrun.auth.token import Token
-from allasrun.errors import LocalFileError
+from allasrun.commands import launch, s3access
+from allasrun.commands.launch import LaunchOptions
+from allasrun.errors import BadS3Keys, LocalFileError
 from allasrun.job.clientfiles import (
     ClientFiles,
     child_environment,
     env_file,
+    files_environment,
     rclone_section,
     replace_section,
 )
 from allasrun.job.tokenservice import Access
+from allasrun.staging.plan import StageIn, StagePlan
 from tests.unit.keystone_fake import capture_log
 
 TARGET = Target("http://ks:5000/v3", "project_1", "alice", region="RegionOne")
@@ -252,3 +257,146 @@ def test_a_kept_user_config_is_overridden_by_rclone_variables_while_the_run_last
     without = _files(tmp_path / "plain", conf)  # the service could not start: the file as it is
     without.write(TOKEN)
     assert not any(name.startswith("RCLONE_CONFIG_") for name in without.environment())
+
+
+KEYS = S3Keys("AKIA-run", "s3-secret", "AWS_ACCESS_KEY_ID", "https://a3s.fi")
+S3_FILES = {"rclone.conf", "env", "bash_env", "s3cfg", "aws-config"}
+USER_AWS = {
+    "AWS_ACCESS_KEY_ID": "mine",
+    "AWS_SECRET_ACCESS_KEY": "my-secret",
+    "AWS_CA_BUNDLE": "/etc/site-ca.pem",
+    "AWS_PROFILE": "lumi",
+    "AWS_SESSION_TOKEN": "stale",
+    "KEEP": "1",
+}
+
+
+def _s3_files(tmp_path: Path, keys: S3Keys = KEYS, **fields: Any) -> ClientFiles:
+    files = _files(tmp_path, service=SERVICE, s3=keys, **fields)
+    files.write(TOKEN)
+    return files
+
+
+def test_without_s3_keys_nothing_of_s3_is_written_and_the_users_aws_variables_stay(tmp_path: Path) -> None:
+    files = _files(tmp_path, service=SERVICE, aws_ca_bundle="/etc/site-ca.pem")
+    files.write(TOKEN)
+    assert {p.name for p in files.directory.iterdir()} == {"rclone.conf", "env", "bash_env"}
+    assert "s3" not in files.rclone_config.read_text()
+    child = child_environment(USER_AWS, files.environment())
+    assert {name: child[name] for name in USER_AWS} == USER_AWS
+    assert not {name for name in child if name.startswith(("AWS_", "S3"))} - set(USER_AWS)
+
+
+def test_s3_keys_give_rclone_aws_s3cmd_and_s5cmd_their_files_all_private(tmp_path: Path) -> None:
+    files = _s3_files(tmp_path)
+    assert {p.name for p in files.directory.iterdir()} == S3_FILES
+    for path in files.directory.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    conf = files.rclone_config.read_text()
+    assert "[allas]\n" in conf  # Swift stays as it was
+    assert conf[conf.index("[s3allas]") :].splitlines() == [
+        "[s3allas]",
+        "type = s3",
+        "provider = Ceph",
+        "env_auth = false",
+        "endpoint = https://a3s.fi",
+        "force_path_style = true",
+        "access_key_id = AKIA-run",
+        "secret_access_key = s3-secret",
+    ]
+    env = files.environment()
+    directory = files.directory
+    assert {name: env[name] for name in env if name.startswith(("AWS_", "S3"))} == {
+        "AWS_ACCESS_KEY_ID": "AKIA-run",
+        "AWS_SECRET_ACCESS_KEY": "s3-secret",
+        "AWS_ENDPOINT_URL": "https://a3s.fi",  # boto3 >= 1.28.57, aws CLI >= 2.13
+        "S3_ENDPOINT_URL": "https://a3s.fi",  # s5cmd
+        "AWS_CONFIG_FILE": str(directory / "aws-config"),
+        "S3CMD_CONFIG": str(directory / "s3cfg"),
+    }
+    s3cfg = (directory / "s3cfg").read_text().splitlines()
+    assert {"host_base = a3s.fi", "host_bucket = a3s.fi", "use_https = True"} <= set(s3cfg)
+    assert {"access_key = AKIA-run", "secret_key = s3-secret"} <= set(s3cfg)
+    aws = (directory / "aws-config").read_text()
+    assert "addressing_style = path" in aws
+    assert "s3-secret" not in aws and "ca_bundle" not in aws
+    assert "[plugins]" not in aws  # aws CLI v1 would import every name there, and fail
+
+
+def test_a_plain_http_endpoint_is_plain_http_for_s3cmd_too(tmp_path: Path) -> None:
+    files = _s3_files(tmp_path, S3Keys("a", "s", "~/.s3cfg", "http://127.0.0.1:8080"))
+    s3cfg = (files.directory / "s3cfg").read_text().splitlines()
+    assert {"host_base = 127.0.0.1:8080", "host_bucket = 127.0.0.1:8080", "use_https = False"} <= set(s3cfg)
+
+
+def test_the_runs_keys_replace_the_users_and_aws_ca_bundle_moves_into_the_config_files(
+    tmp_path: Path,
+) -> None:
+    """rclone 1.60's s3 backend will not start with AWS_CA_BUNDLE set (http or https alike)."""
+    files = _s3_files(tmp_path, aws_ca_bundle="/etc/site-ca.pem")
+    child = child_environment(USER_AWS, files.environment())
+    assert child["KEEP"] == "1"
+    assert (child["AWS_ACCESS_KEY_ID"], child["AWS_SECRET_ACCESS_KEY"]) == ("AKIA-run", "s3-secret")
+    assert not {"AWS_CA_BUNDLE", "AWS_PROFILE", "AWS_SESSION_TOKEN"} & set(child)
+    assert "ca_bundle = /etc/site-ca.pem\n" in (files.directory / "aws-config").read_text()
+    assert "ca_certs_file = /etc/site-ca.pem\n" in (files.directory / "s3cfg").read_text()
+
+
+def test_followers_and_sourced_shells_see_the_same_s3_variables(tmp_path: Path) -> None:
+    files = _s3_files(tmp_path, aws_ca_bundle="/etc/site-ca.pem")
+    leader = child_environment(USER_AWS, files.environment())
+    follower = child_environment(USER_AWS, files_environment(files.directory, str(files.rclone_config), ""))
+    assert follower == leader
+    script = f". {files.env_path}; env | grep -E '^(AWS_|S3)' | sort"
+    sourced = dict(
+        line.split("=", 1) for line in _bash(script, {"PATH": os.environ["PATH"], **USER_AWS}).split()
+    )
+    assert sourced == {name: value for name, value in leader.items() if name.startswith(("AWS_", "S3"))}
+
+
+def test_a_kept_user_config_gets_the_s3_remote_through_rclone_variables_only(tmp_path: Path) -> None:
+    conf = tmp_path / "rclone.conf"
+    conf.write_text(USER_CONF)
+    files = _s3_files(tmp_path, user_config=conf, lasting=lambda: (PASSWORD_TOKEN, None))
+    assert "s3-secret" not in conf.read_text() and "s3allas" not in conf.read_text()
+    env = files.environment()
+    assert env["RCLONE_CONFIG_S3ALLAS_TYPE"] == "s3"
+    assert env["RCLONE_CONFIG_S3ALLAS_FORCE_PATH_STYLE"] == "true"
+    assert env["RCLONE_CONFIG_S3ALLAS_SECRET_ACCESS_KEY"] == "s3-secret"
+
+
+@pytest.mark.parametrize(
+    "keys", [S3Keys("a\nb", "s", "x", "https://a3s.fi"), S3Keys("a", "s\r", "x", "https://a3s.fi")]
+)
+def test_keys_that_would_break_a_config_line_are_refused(tmp_path: Path, keys: S3Keys) -> None:
+    with pytest.raises(BadS3Keys) as raised:
+        _files(tmp_path, s3=keys)
+    assert "line break" in str(raised.value) and "a\nb" not in str(raised.value)
+
+
+def _command_keys(env: dict[str, str], plan: Optional[StagePlan] = None) -> Optional[S3Keys]:
+    plan = plan or StagePlan()
+    options = LaunchOptions(["true"], plan=plan, s3_keys=s3access.keys_for(plan, env))
+    return launch._command_keys(options, env)
+
+
+def test_a_swift_run_gives_the_command_the_users_keys_only_when_they_name_their_endpoint(
+    tmp_path: Path, logged: pytest.LogCaptureFixture
+) -> None:
+    """Bare AWS variables may be Amazon's, which the job must keep using there."""
+    env = {"HOME": str(tmp_path), "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s"}
+    assert _command_keys(env) is None
+    assert _command_keys({**env, "AWS_ENDPOINT_URL": "http://lab:1"}) == S3Keys(
+        "a", "s", "AWS_ACCESS_KEY_ID", "http://lab:1"
+    )
+    assert _command_keys({"HOME": str(tmp_path), "AWS_ACCESS_KEY_ID": "a"}) is None  # half a pair
+    [warning] = _warnings(logged)
+    assert warning.startswith("the command gets no S3 keys: AWS_ACCESS_KEY_ID is set but")
+
+
+def test_a_run_staging_over_s3_gives_the_command_its_keys_at_the_remotes_endpoint(
+    tmp_path: Path,
+) -> None:
+    plan = StagePlan(stage_in=(StageIn("job.sh:2", "bucket", "x", "x", remote="s3allas"),))
+    env = {"HOME": str(tmp_path), "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s"}
+    assert _command_keys(env, plan) == S3Keys("a", "s", "AWS_ACCESS_KEY_ID", "https://a3s.fi")
