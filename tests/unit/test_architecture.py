@@ -114,7 +114,8 @@ def test_a_cached_token_run_never_imports_keystoneauth_swiftclient_or_botocore(t
     probe = (
         "import atexit, json, sys\n"
         "def report():\n"
-        "    loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('keystoneauth1', 'swiftclient', 'botocore'))\n"
+        "    clients = ('keystoneauth1', 'swiftclient', 'botocore')\n"
+        "    loaded = sorted(m for m in sys.modules if m.split('.')[0] in clients)\n"
         f"    open({str(tmp_path / 'modules.json')!r}, 'w').write(json.dumps(loaded))\n"
         "atexit.register(report)\n"
         "sys.argv = ['allasrun', '--', 'true']\n"
