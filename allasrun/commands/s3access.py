@@ -39,7 +39,13 @@ def keys_for(plan: StagePlan, env: Mapping[str, str]) -> KeysFor:
 
     def keys(remote: Remote) -> S3Keys:
         mine = found()
-        if mine.endpoint and remote.endpoint and _host(mine.endpoint) != _host(remote.endpoint):
+        chosen = bool(env.get("AWS_ENDPOINT_URL"))  # the user's word for every remote
+        if (
+            not chosen
+            and mine.endpoint
+            and remote.endpoint
+            and _host(mine.endpoint) != _host(remote.endpoint)
+        ):
             raise BadS3Keys(
                 f"{remote.name}: the S3 keys in {mine.origin} are for {mine.endpoint}, not "
                 f"{remote.endpoint}; set AWS_ENDPOINT_URL if that is where {remote.name}: is"

@@ -1,7 +1,8 @@
 """The stage-out side of the stager: how one file is uploaded, segmented, checked for change.
 
 Stage-out uploads new and changed files, verifies the stored ETag, and never touches the local
-files. A file larger than `segment-size` goes as segments and a manifest (an SLO). An identical
+files. A file larger than `segment-size` goes as segments and a manifest (an SLO) over Swift, as a
+multipart upload over S3 (a `PartStore`). An identical
 object already stored is skipped, which makes a re-run resume.
 
 Segments are `<bucket>_segments/<name>/slo/<stamp>/<size>/<segment size>/<index>`, the stamp
@@ -33,9 +34,9 @@ from allasrun.log import log
 from allasrun.process import HOST, alive
 from allasrun.staging.plan import DEFAULT_SEGMENT, Settings, StageOut, is_pattern
 from allasrun.staging.select import LocalFile, Unfollowed, common_prefix, local_files, local_path, open_inside
-from allasrun.staging.store import RemoteObject, Segment, Store, slo_etag
+from allasrun.staging.store import Part, PartStore, RemoteObject, Segment, Store, slo_etag
 from allasrun.staging.transfer import DONE, FAILED, MISSING, REFUSED, SKIPPED, Retry, Transfer, not_moved
-from allasrun.staging.verify import MD5, PER_SEGMENT, identical_by
+from allasrun.staging.verify import MD5, PER_PART, PER_SEGMENT, identical_by
 
 MAX_SEGMENTS = 1000  # segments one large object's manifest may list (Swift's and radosgw's default)
 LARGEST_SEGMENT = DEFAULT_SEGMENT  # each segment is one object: 5 GiB at most
@@ -78,7 +79,7 @@ class Uploader:
 
         A link leading out of the tree is a REFUSED record; one not followed inside it, a warning.
         """
-        target = f"allas:{spec.bucket}/{spec.key}"
+        target = spec.address()
         found, links = local_files(local_path(spec.source, self.workdir), spec.source)
         prefix = spec.key if spec.key.endswith("/") or not spec.key else spec.key + "/"
         refused = [_link_record(spec, prefix, link) for link in links if link.refused]
@@ -100,7 +101,8 @@ class Uploader:
         except BucketMissing:
             listing = []
         remote = {obj.name: obj for obj in listing}
-        segmented = self._segmented(spec.bucket, common_prefix(names))
+        parts = isinstance(self.store, PartStore)  # S3 has no segments to sweep
+        segmented = set() if parts else self._segmented(spec.bucket, common_prefix(names))
         puts = [
             Put(spec, file, name, remote.get(name), name in segmented) for file, name in zip(found, names)
         ]
@@ -139,7 +141,7 @@ class Uploader:
         before = os.fstat(source.fileno())
         size, remote = before.st_size, put.remote
         old = self.store.segments(put.spec.bucket, remote) if remote and remote.large else None
-        identical = identical_by(source, remote, old) if remote else ""
+        identical = identical_by(source, remote, old, self.settings.segment_size) if remote else ""
         if remote and identical:
             record.status, record.md5, record.verified = SKIPPED, remote.md5, identical
             if remote.slo or put.segmented:
@@ -150,9 +152,13 @@ class Uploader:
             record.error = f"{record.destination} exists and differs; not replaced (--no-overwrite)"
             return
         segments: list[Segment] = []
-        if size > self.settings.segment_size:
+        store, verified = self.store, MD5
+        if size > self.settings.segment_size and isinstance(store, PartStore):
+            md5, verified = self._retry(lambda: self._upload_parts(store, put, source, size)), PER_PART
+        elif size > self.settings.segment_size:
             step = _segment_step(put.file, size, self.settings.segment_size)
             md5 = self._retry(lambda: self._upload_large(put, source, size, step, segments))
+            verified = PER_SEGMENT
         else:
             md5 = self._retry(lambda: self._upload(put, source, size))
         if remote and remote.slo:  # the replaced SLO's segments, whatever replaced it; a DLO's
@@ -163,8 +169,7 @@ class Uploader:
             self._delete_segments(segments)
             record.status, record.error = changed
             return
-        record.status, record.bytes, record.md5 = DONE, size, md5
-        record.verified = PER_SEGMENT if segments else MD5
+        record.status, record.bytes, record.md5, record.verified = DONE, size, md5, verified
         if segments or put.segmented:
             self._sweep(put, segments)
 
@@ -217,6 +222,31 @@ class Uploader:
                 raise  # unknown: the segments stay (orphans at worst, removed by the next upload)
         landed[:] = uploaded
         return slo_etag(uploaded)
+
+    def _upload_parts(self, store: PartStore, put: Put, source: BinaryIO, size: int) -> str:
+        """A multipart upload: each part with its Content-MD5, the whole checked by its `md5-N` ETag.
+
+        Any failure aborts it, so the server keeps none of its parts (an unfinished upload's
+        parts are out of sight, but they take space). A completion whose answer was lost is
+        aborted too (an abort of a completed upload changes nothing) and sent again.
+        """
+        bucket, step = put.spec.bucket, store.part_size(size, self.settings.segment_size)
+        upload_id = store.begin(bucket, put.name)
+        parts: list[Part] = []
+        try:
+            for number, offset in enumerate(range(0, size, step), start=1):
+                source.seek(offset)
+                part = store.upload_part(
+                    bucket, put.name, upload_id, number, source, min(step, size - offset)
+                )
+                if part.etag != part.md5:
+                    raise Corrupt(f"{put.file.path}: part {number} stored as {part.etag}, read as {part.md5}")
+                parts.append(part)
+            return store.complete(bucket, put.name, upload_id, parts)
+        except BaseException:
+            with contextlib.suppress(StoreError):
+                store.abort(bucket, put.name, upload_id)
+            raise
 
     def _landed(self, put: Put, size: int, segments: list[Segment]) -> bool:
         """Whether the object now stored under the name is the manifest of these segments."""
@@ -333,11 +363,11 @@ def _uploading(stamp: str) -> Iterator[str]:
 
 def put_record(put: Put) -> Transfer:
     """The record an upload starts with, for its job to fill in."""
-    return Transfer("stage-out", put.spec.where, str(put.file.path), f"allas:{put.spec.bucket}/{put.name}")
+    return Transfer("stage-out", put.spec.where, str(put.file.path), put.spec.address(put.name))
 
 
 def _link_record(spec: StageOut, prefix: str, link: Unfollowed) -> Transfer:
-    destination = f"allas:{spec.bucket}/{prefix}{link.relative}"
+    destination = spec.address(f"{prefix}{link.relative}")
     return not_moved("stage-out", spec.where, str(link.path), destination, REFUSED, link.reason)
 
 

@@ -24,24 +24,9 @@ carries Content-MD5, which the server checks, so a second hash pass over each pa
 CPU and no safety. The CRC32 checksums that botocore 1.36+ adds by default are off for the
 same reason: Content-MD5 is the check every S3 server makes, and the one the ETags vouch for.
 
-Large objects are S3 multipart uploads, not segments and a manifest; `begin`, `upload_part`,
-`complete` and `abort` are what a large upload needs, and may be called from several threads
-for one upload. The seam proposed for `put.py` to drive both forms:
-
-    class LargeUpload(Protocol):
-        '''One large object in the making: Swift SLO segments or S3 parts.'''
-        def part(self, index: int, source: BinaryIO, length: int) -> Part: ...  # (md5, etag)
-        def finish(self, parts: Sequence[Part]) -> str: ...  # the object's ETag, checked
-        def abandon(self) -> None: ...  # segments deleted / multipart upload aborted
-
-    class Store(Protocol):
-        ...
-        def part_size(self, size: int, wanted: int) -> int: ...  # the store's limits
-        def begin_large(self, bucket: str, name: str) -> LargeUpload: ...
-        def large_etag(self, parts: Sequence[Part]) -> str: ...  # slo_etag / multipart_etag
-
-`put_manifest` then moves behind SwiftStore's `LargeUpload.finish`, and `segments` stays for
-reading (S3 answers [] once an upload is complete: its parts cannot be listed).
+Large objects are S3 multipart uploads, not segments and a manifest: `S3Store` is a
+`store.PartStore` too (`begin`, `upload_part`, `complete`, `abort`), which `put.py` drives;
+`segments` answers [] (an upload's parts cannot be listed once it is complete).
 """
 
 from __future__ import annotations
@@ -51,13 +36,12 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Optional
 
 from allasrun.errors import BucketMissing, StoreError
 from allasrun.staging import retry
 from allasrun.staging.retry import RATE_LIMITED, TIMEOUT, retry_after
-from allasrun.staging.store import CHUNK, RemoteObject, Segment, multipart_etag
+from allasrun.staging.store import CHUNK, Part, RemoteObject, Segment, multipart_etag
 
 REGION = "us-east-1"  # Allas, LUMI-O and the lab ignore it, but SigV4 signs one
 PAGE = 1000  # keys per listing page: S3's most
@@ -67,16 +51,6 @@ MAX_PARTS = 10_000
 REFUSED_KEYS = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"})
 MISSING_OBJECT = frozenset({"NoSuchKey", "404"})
 BUSY = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"})
-
-
-@dataclass(frozen=True)
-class Part:
-    """One uploaded part: its number (from 1), size, the MD5 read, and the ETag S3 stored."""
-
-    number: int
-    size: int
-    md5: str
-    etag: str
 
 
 def part_size(size: int, wanted: int) -> int:
@@ -197,6 +171,10 @@ class S3Store:
         except StoreError as error:
             if error.http_status != 404:
                 raise
+
+    def part_size(self, size: int, wanted: int) -> int:
+        """The part size for a `size`-byte object (`part_size`)."""
+        return part_size(size, wanted)
 
     def begin(self, bucket: str, name: str) -> str:
         """Start a multipart upload; its upload id."""

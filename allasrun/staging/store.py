@@ -1,7 +1,8 @@
 """The seam between the stager and an object store: what it asks, and what comes back.
 
-The stager speaks only this protocol. `swift.SwiftStore` implements it over swiftclient; the
-tests' `FakeStore` implements it in memory; an S3 store can plug in here too. Every failure
+The stager speaks only this protocol. `swift.SwiftStore` implements it over swiftclient,
+`s3.S3Store` over botocore (and `PartStore` too: large objects as multipart uploads), the tests'
+`FakeStore` in memory. Every failure
 a store reports is a `StoreError` (exit 69 if it ever reaches the CLI) that names the URL.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from allasrun.auth import Token
 
@@ -52,6 +53,16 @@ class Segment:
     path: str
     size: int
     md5: str
+
+
+@dataclass(frozen=True)
+class Part:
+    """One uploaded part of an S3 multipart upload: its number (from 1), size, MD5 read, ETag stored."""
+
+    number: int
+    size: int
+    md5: str
+    etag: str
 
 
 def slo_etag(segments: Sequence[Segment]) -> str:
@@ -114,4 +125,35 @@ class Store(Protocol):
 
     def delete(self, bucket: str, name: str) -> None:
         """Delete one object; a missing one is fine."""
+        ...
+
+
+@runtime_checkable
+class PartStore(Protocol):
+    """A store whose large objects are multipart uploads (S3), not segments and a manifest (Swift).
+
+    Stage-out asks a store whether it is one: the two forms differ in more than their calls
+    (S3 keeps an unfinished upload's parts out of sight, Swift's segments are objects to sweep).
+    """
+
+    def part_size(self, size: int, wanted: int) -> int:
+        """The part size for a `size`-byte object: `wanted`, raised to the store's limits."""
+        ...
+
+    def begin(self, bucket: str, name: str) -> str:
+        """Start a multipart upload; its id."""
+        ...
+
+    def upload_part(
+        self, bucket: str, name: str, upload_id: str, number: int, source: BinaryIO, length: int
+    ) -> Part:
+        """Part `number`: `length` bytes from `source`'s position."""
+        ...
+
+    def complete(self, bucket: str, name: str, upload_id: str, parts: Sequence[Part]) -> str:
+        """Join the parts into the object, checked against their MD5s; its ETag (`md5-N`)."""
+        ...
+
+    def abort(self, bucket: str, name: str, upload_id: str) -> None:
+        """Drop an unfinished upload and its parts."""
         ...

@@ -26,8 +26,8 @@ MD5, PER_SEGMENT, PER_PART, SIZE = "md5", "md5 per segment", "md5 per part", "si
 
 MIB = 1024 * 1024
 # Part sizes of the tools that upload to Allas over S3, in MiB: rclone 5, the aws CLI and boto3
-# 8, s3cmd 15, MinIO's mc 16, and common settings above them.
-PART_SIZES_MIB = (5, 8, 15, 16, 32, 50, 64, 100, 128, 256, 512, 1024)
+# 8, s3cmd 15, MinIO's mc 16, common settings above them, and allasrun's default 5 GiB.
+PART_SIZES_MIB = (5, 8, 15, 16, 32, 50, 64, 100, 128, 256, 512, 1024, 5120)
 _HEX_MD5 = re.compile("[0-9a-f]{32}")
 _MULTIPART = re.compile("[0-9a-f]{32}-([0-9]+)")
 
@@ -65,16 +65,16 @@ class _Parts:
         return True
 
 
-def part_sizes(size: int, count: int) -> list[int]:
+def part_sizes(size: int, count: int, also: Optional[int] = None) -> list[int]:
     """Part sizes that cut `size` bytes into exactly `count` parts.
 
-    The tools' sizes, and an even split rounded up to a MiB (what rclone does for files too
-    large for its 10,000 parts).
+    The tools' sizes, an even split rounded up to a MiB (what rclone does for files too large
+    for its 10,000 parts), and `also`: the part size this run's stage-out uses.
     """
     if count <= 1:
         return [size]
     even = -(-size // count)
-    candidates = {n * MIB for n in PART_SIZES_MIB} | {-(-even // MIB) * MIB}
+    candidates = {n * MIB for n in PART_SIZES_MIB} | {-(-even // MIB) * MIB} | ({also} if also else set())
     return sorted(p for p in candidates if -(-size // p) == count)
 
 
@@ -88,7 +88,9 @@ class Verifier:
     After `finish`, `how` says what the content was checked by (MD5, PER_SEGMENT, PER_PART, SIZE).
     """
 
-    def __init__(self, obj: RemoteObject, segments: Optional[list[Segment]]) -> None:
+    def __init__(
+        self, obj: RemoteObject, segments: Optional[list[Segment]], part_size: Optional[int] = None
+    ) -> None:
         self.obj = obj
         self.segments = segments or []
         self.size = 0
@@ -98,7 +100,9 @@ class Verifier:
         self._checked = 0
         multipart = None if self.segments else _MULTIPART.fullmatch(obj.md5)
         count = int(multipart[1]) if multipart else 0
-        self._layouts = [_Parts(_cut(obj.size, p)) for p in part_sizes(obj.size, count)] if count else []
+        self._layouts = (
+            [_Parts(_cut(obj.size, p)) for p in part_sizes(obj.size, count, part_size)] if count else []
+        )
 
     def update(self, chunk: bytes) -> None:
         """Account for the next chunk; Corrupt as soon as a segment's digest is wrong."""
@@ -139,19 +143,25 @@ class Verifier:
         return SIZE
 
 
-def identical_by(local: Union[Path, BinaryIO], obj: RemoteObject, segments: Optional[list[Segment]]) -> str:
+def identical_by(
+    local: Union[Path, BinaryIO],
+    obj: RemoteObject,
+    segments: Optional[list[Segment]],
+    part_size: Optional[int] = None,
+) -> str:
     """How a local file was found to hold the remote object's content; "" if it was not.
 
     Only a checksum proves it: a file that matches by size alone is not taken as identical.
+    `part_size` is one more to try on a multipart ETag: the one stage-out would upload with.
     Stage-out passes the descriptor it already opened and checked: reopening the name would
     read whatever was swapped in meanwhile (a FIFO would block the stage-out for good).
     """
     if isinstance(local, Path):
         with open(local, "rb") as source:
-            return identical_by(source, obj, segments)
+            return identical_by(source, obj, segments, part_size)
     if (obj.large and not segments) or os.fstat(local.fileno()).st_size != obj.size:
         return ""
-    check = Verifier(obj, segments)
+    check = Verifier(obj, segments, part_size)
     local.seek(0)
     try:
         while chunk := local.read(CHUNK):

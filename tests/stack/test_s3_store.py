@@ -22,8 +22,8 @@ from urllib.parse import urlparse
 import pytest
 
 from allasrun.errors import BucketMissing, StoreError
-from allasrun.staging.s3 import SMALLEST_PART, Part, S3Store
-from allasrun.staging.store import multipart_etag
+from allasrun.staging.s3 import SMALLEST_PART, S3Store
+from allasrun.staging.store import Part, multipart_etag
 from tests.stack.stackutil import Stack, s3_endpoint
 from tests.stack.test_faults_swift import FaultRelay
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Optional
 
 from allasrun.errors import BucketMissing, StoreError
-from allasrun.staging.store import RemoteObject, Segment, multipart_etag, slo_etag
+from allasrun.staging.store import Part, RemoteObject, Segment, multipart_etag, slo_etag
 
 
 def md5(data: bytes) -> str:
@@ -239,3 +239,44 @@ def _breaking(chunks: list[bytes], action: str) -> Iterator[bytes]:
     yield from chunks[:1]
     broken = "('Connection broken: IncompleteRead(700 bytes read)')"
     raise StoreError(f"cannot {action}: {broken}", transient=True)
+
+
+class FakePartStore(FakeStore):
+    """A FakeStore whose large objects are multipart uploads, as S3's are (a `PartStore`)."""
+
+    def __init__(self, chunk: int = 700) -> None:
+        super().__init__(chunk)
+        self.uploads: dict[str, dict[int, bytes]] = {}  # unfinished uploads' parts, by upload id
+
+    def part_size(self, size: int, wanted: int) -> int:
+        return wanted
+
+    def begin(self, bucket: str, name: str) -> str:
+        self._enter("begin", bucket, name)
+        with self._lock:
+            upload_id = f"upload-{len(self.uploads)}"
+            self.uploads[upload_id] = {}
+        return upload_id
+
+    def upload_part(
+        self, bucket: str, name: str, upload_id: str, number: int, source: BinaryIO, length: int
+    ) -> Part:
+        self._enter("upload_part", bucket, name)
+        data = source.read(length)
+        with self._lock:
+            self.uploads[upload_id][number] = data
+        return Part(number, length, md5(data), md5(data))
+
+    def complete(self, bucket: str, name: str, upload_id: str, parts: Sequence[Part]) -> str:
+        self._enter("complete", bucket, name)
+        with self._lock:
+            stored = self.uploads.pop(upload_id)
+            data = b"".join(stored[part.number] for part in parts)
+            etag = multipart_etag([part.md5 for part in parts])
+            self.buckets[bucket][name] = Stored(data, etag)
+        return etag
+
+    def abort(self, bucket: str, name: str, upload_id: str) -> None:
+        self._enter("abort", bucket, name)
+        with self._lock:
+            self.uploads.pop(upload_id, None)

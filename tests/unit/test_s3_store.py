@@ -23,8 +23,8 @@ from botocore.stub import ANY, Stubber  # type: ignore[import-untyped]
 
 from allasrun.errors import EXIT_UNAVAILABLE, BucketMissing, StoreError
 from allasrun.staging import s3
-from allasrun.staging.s3 import LARGEST_PART, MAX_PARTS, SMALLEST_PART, Part, S3Store, part_size, store_error
-from allasrun.staging.store import CHUNK, RemoteObject, multipart_etag
+from allasrun.staging.s3 import LARGEST_PART, MAX_PARTS, SMALLEST_PART, S3Store, part_size, store_error
+from allasrun.staging.store import CHUNK, Part, RemoteObject, multipart_etag
 
 ENDPOINT = "http://s3.example:8080"
 SECRET = "very-secret-key"

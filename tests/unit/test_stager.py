@@ -18,9 +18,9 @@ from allasrun.errors import EXIT_STAGE_OUT, Corrupt, StoreError, UsageError
 from allasrun.staging.plan import Settings, StageIn, StageOut, StagePlan
 from allasrun.staging.run import StagingRun
 from allasrun.staging.stager import Stager
-from allasrun.staging.store import Credentials
+from allasrun.staging.store import Credentials, multipart_etag
 from allasrun.staging.transfer import CANCELLED, DONE, FAILED, MISSING, REFUSED, SKIPPED, Transfer
-from tests.unit.fakestore import FakeStore, md5, unavailable
+from tests.unit.fakestore import FakePartStore, FakeStore, md5, unavailable
 
 IN = StageIn("job.sh:2", "bkt", "data/", "in/")
 OUT = StageOut("job.sh:3", "results/", "out", "run1/")
@@ -474,3 +474,33 @@ def test_stage_in_reports_a_name_the_file_system_cannot_hold(store: FakeStore, t
     assert long.error.endswith(": File name too long")
     blocked = records["allas:bkt/data/sub/b.bin"]
     assert blocked.error == f"cannot make the folder {tmp_path}/in/sub: a file of that name is in the way"
+
+
+def test_stage_out_large_file_over_s3_goes_as_a_multipart_upload(tmp_path: Path) -> None:
+    """Parts of segment-size, the whole checked by its md5-N ETag; no `_segments` bucket touched."""
+    store = FakePartStore()
+    store.put_object("bkt", "placeholder", b"")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/big.bin").write_bytes(BIG)
+    records = stage_out(store, tmp_path, StageOut("job.sh:3", "results/", "bkt", "run1/"))
+    record = records["allas:bkt/run1/big.bin"]
+    assert (record.status, record.verified) == (DONE, "md5 per part")
+    assert record.md5 == multipart_etag([md5(BIG[:1024]), md5(BIG[1024:2048]), md5(BIG[2048:])])
+    assert store.content("bkt", "run1/big.bin") == BIG
+    assert store.count("upload_part") == 3 and "bkt_segments" not in store.buckets
+    assert not any(call[1] == "bkt_segments" for call in store.calls)
+    again = stage_out(store, tmp_path, StageOut("job.sh:3", "results/", "bkt", "run1/"))
+    assert again["allas:bkt/run1/big.bin"].status == SKIPPED  # the ETag is the parts' (1024 B each)
+
+
+def test_a_failed_part_aborts_the_multipart_upload(tmp_path: Path, sleeps: list[float]) -> None:
+    store = FakePartStore()
+    store.put_object("bkt", "placeholder", b"")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/big.bin").write_bytes(BIG)
+    store.fail("upload_part", None, unavailable("upload part 2"))
+    record = stage_out(store, tmp_path, StageOut("job.sh:3", "results/", "bkt", "run1/"))[
+        "allas:bkt/run1/big.bin"
+    ]
+    assert record.status == DONE and sleeps == [1]
+    assert store.count("abort") == 1 and store.count("begin") == 2 and not store.uploads
