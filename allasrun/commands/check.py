@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from allasrun.auth import TokenSource
-from allasrun.commands import s3access
+from allasrun.commands import protocol, s3access
 from allasrun.errors import EXIT_STAGE_IN
 from allasrun.staging import MIB, StagePlan, look_up
 
@@ -17,7 +17,8 @@ from allasrun.staging import MIB, StagePlan, look_up
 def run(plan: StagePlan, env: Mapping[str, str]) -> tuple[str, int]:
     """The report to print and the exit status: 0, or 74 when an input is missing."""
     keys = s3access.keys_for(plan, env)
-    found = look_up(plan, TokenSource.open(env, project=plan.settings.project), s3_keys=keys)
+    source = None if protocol.keyless(plan, env) else TokenSource.open(env, project=plan.settings.project)
+    found = look_up(plan, source, s3_keys=keys)
     lines = []
     for item in found.inputs:
         spec = item.spec

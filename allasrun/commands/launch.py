@@ -13,11 +13,11 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import ContextManager, Optional
 
 from allasrun import paths
 from allasrun.auth import S3Keys, Schedule, TokenSource, find_keys
-from allasrun.commands import s3access
+from allasrun.commands import protocol, s3access
 from allasrun.errors import AllasrunError
 from allasrun.job import (
     ClientFiles,
@@ -67,12 +67,16 @@ def run(options: LaunchOptions, env: Mapping[str, str]) -> int:
     mine = options.plan if where.stages_shared else options.plan.part(node_local=True)
     sync = _node_sync(where, options.plan, env)
     with step.leading(where) as directory, sync as nodes, _authenticate(options, env) as source:
-        if options.job_credential:  # a password is traded for a credential the run revokes
-            source.use_run_credential(options.job_credential_hours)
+        if source is not None and options.job_credential:  # a password is traded for a credential
+            source.use_run_credential(options.job_credential_hours)  # that the run revokes
         return _lead(replace(options, plan=mine), env, executable, where, nodes, directory, source)
 
 
-def _authenticate(options: LaunchOptions, env: Mapping[str, str]) -> TokenSource:
+def _authenticate(options: LaunchOptions, env: Mapping[str, str]) -> ContextManager[Optional[TokenSource]]:
+    """The run's TokenSource; none for a run on S3 keys alone (`protocol.keyless`)."""
+    if protocol.keyless(options.plan, env):
+        log.info("no Keystone secret at hand: staging and the command's S3 clients use your S3 keys")
+        return contextlib.nullcontext(None)
     source = TokenSource.open(
         env,
         project=options.plan.settings.project,
@@ -96,29 +100,33 @@ def _lead(
     where: Placement,
     nodes: NodeSync,
     directory: Path,
-    source: TokenSource,
+    source: Optional[TokenSource],
 ) -> int:
-    """Serve, write the files, fork, keep, stage in, exec, wait, stage out, report."""
-    service = TokenService.open(lambda: source.token) if options.token_service else None
+    """Serve, write the files, fork, keep, stage in, exec, wait, stage out, report.
+
+    Without a source (a run on S3 keys alone) there is no token to keep or serve.
+    """
+    service = TokenService.open(lambda: source.token) if source and options.token_service else None
     files = ClientFiles(
         directory,
         options.remote,
-        source.identity.target,
-        source.app_credential,
+        source.identity.target if source else None,
+        source.app_credential if source else None,
         paths.user_rclone_config(env) if options.update_user_config else None,
         node_name(env),
-        source.lasting,
+        source.lasting if source else None,
         service.access if service else None,
         env.get("BASH_ENV"),
         s3=_command_keys(options, env),
         aws_ca_bundle=env.get("AWS_CA_BUNDLE"),
     )
-    files.write(source.token)
-    source.on_renew(files.write)
+    files.write(source.token if source else None)
+    if source is not None:
+        source.on_renew(files.write)
     child = Supervisor.for_job(env, options.plan.settings.grace)
     pid = child.prepare(executable, options.command)  # before any thread: the service's starts below
     staging = StagingRun(options.plan, source, options.workdir, s3_keys=options.s3_keys)
-    with Keeper(source), service or contextlib.nullcontext():
+    with Keeper(source) if source else contextlib.nullcontext(), service or contextlib.nullcontext():
         stop = nodes.stage_in_done(staging.stage_in(child.pending_stop).exit_status)
         step.announce(where, stop)
         if stop is not None:
@@ -126,11 +134,13 @@ def _lead(
             return staging.finish(stop, None)
         child.start(child_environment(env, files.environment(), options.keep_password))
         served = f"; clients re-authenticate at {service.access.url}" if service else ""
-        where_files = f"rclone remote '{options.remote}:' in {directory}{served}"
-        log.info("started %s (pid %d); %s", executable, pid, where_files)
+        remotes = [options.remote] * (source is not None) + ["s3allas"] * (files.s3 is not None)
+        named = " and ".join(f"'{remote}:'" for remote in remotes) or "none"
+        log.info("started %s (pid %d); rclone remotes %s in %s%s", executable, pid, named, directory, served)
         timer = _deadline(options.plan, env, child)
         status = child.wait(timer, timer.on_signal if timer else None)
-        log.info("%s exited with status %d after %d renewal(s)", options.command[0], status, source.renewals)
+        renewals = source.renewals if source else 0
+        log.info("%s exited with status %d after %d renewal(s)", options.command[0], status, renewals)
         overdue = timer.overdue if timer else step.never
         step.await_followers(where, overdue=overdue)  # the node's other tasks still use these files
         nodes.commands_done(overdue)  # and shared results come from every node

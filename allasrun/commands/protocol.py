@@ -12,13 +12,24 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from allasrun.auth import find_keys, keystone_at_hand
-from allasrun.staging import S3, SWIFT, StagePlan
+from allasrun.staging import REMOTES, S3, SWIFT, StagePlan
 
 
 def decide(plan: StagePlan, env: Mapping[str, str]) -> StagePlan:
     """The plan with its bare addresses on the protocol the rule above picks."""
     if "" not in plan.remotes:
         return plan
-    home = Path(env.get("HOME") or Path.home())
-    s3_only = not keystone_at_hand(env) and find_keys(env, home) is not None
-    return plan.with_protocol(S3 if s3_only else SWIFT)
+    return plan.with_protocol(S3 if s3_only(env) else SWIFT)
+
+
+def s3_only(env: Mapping[str, str]) -> bool:
+    """Whether the user has S3 keys and no Keystone secret at hand (a run on S3 needs no Keystone)."""
+    return not keystone_at_hand(env) and find_keys(env, Path(env.get("HOME") or Path.home())) is not None
+
+
+def keyless(plan: StagePlan, env: Mapping[str, str]) -> bool:
+    """Whether this run goes without Keystone: S3 remotes only, and `s3_only`.
+
+    A password prompt would only stop a batch job, so the keys decide.
+    """
+    return all(REMOTES[name or "allas"].protocol == S3 for name in plan.remotes) and s3_only(env)

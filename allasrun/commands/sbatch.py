@@ -47,13 +47,17 @@ def run(options: SbatchOptions, env: Mapping[str, str]) -> int:
     """Check, prepare credentials, submit; sbatch's exit status."""
     line = sbatchline.split(options.argv)
     script_text, plan = _read(line, env)
-    source = TokenSource.open(env, project=plan.settings.project)
+    keyless = protocol.keyless(plan, env)
+    source = None if keyless else TokenSource.open(env, project=plan.settings.project)
     missing = _missing_inputs(plan, source, env)
     if missing:
         for problem in missing:
             log.error("%s", problem)
         log.error("not submitted: %d input(s) missing", len(missing))
         return EXIT_STAGE_IN
+    if source is None:  # S3 keys alone: the job finds them as this shell did; nothing to hand over
+        log.info("no Keystone secret at hand: the job stages over S3 with your S3 keys")
+        return submit.submit(line, script_text, child_environment(_outside_any_run(env), {})).returncode
     if options.password_env:
         return submit.submit(line, script_text, _password_env(source, env)).returncode
     if not source.identity.secret.renewable:
@@ -219,7 +223,7 @@ def _read(line: sbatchline.CommandLine, env: Mapping[str, str]) -> tuple[Optiona
     return text, protocol.decide(jobscript.plan_of(text, line.script, env, strict=False), env)
 
 
-def _missing_inputs(plan: StagePlan, source: TokenSource, env: Mapping[str, str]) -> list[str]:
+def _missing_inputs(plan: StagePlan, source: Optional[TokenSource], env: Mapping[str, str]) -> list[str]:
     """Stage-in sources that do not exist now (those with %j-like placeholders are skipped).
 
     Stage-out buckets are looked up too: one that is missing is created at stage-out (its

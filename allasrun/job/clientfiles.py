@@ -223,15 +223,18 @@ def child_environment(
     return child
 
 
-def env_file(token: Token, service: Optional[Access] = None, s3: Optional[Mapping[str, str]] = None) -> str:
+def env_file(
+    token: Optional[Token], service: Optional[Access] = None, s3: Optional[Mapping[str, str]] = None
+) -> str:
     """Shell lines for `source`: what allas-conf exports, for swift and curl users, and the service.
 
     With S3 variables, also those, and then without what S3_DROPPED names, as the command has it.
+    Without a token (a run on S3 keys alone), only those.
     """
-    exported = {"OS_AUTH_TOKEN": token.value, "OS_STORAGE_URL": token.storage_url}
+    exported = {"OS_AUTH_TOKEN": token.value, "OS_STORAGE_URL": token.storage_url} if token else {}
     exported.update(service_variables(service))
     exported.update(s3 or {})
-    lines = [HEADER, f"# token expires {token.expiry_text()}\n"]
+    lines = [HEADER] + ([f"# token expires {token.expiry_text()}\n"] if token else [])
     lines += [f"export {name}={shlex.quote(value)}\n" for name, value in exported.items()]
     if s3:
         lines.append(f"unset {' '.join(S3_DROPPED)}\n")
@@ -315,7 +318,7 @@ class ClientFiles:
 
     directory: Path
     remote: str
-    target: Target
+    target: Optional[Target]  # None: a run on S3 keys alone, with no Keystone identity
     credential: Optional[AppCredential]
     user_config: Optional[Path] = None
     node: str = ""
@@ -340,8 +343,8 @@ class ClientFiles:
         """The file swift users `source` before a call."""
         return self.directory / "env"
 
-    def write(self, token: Token) -> None:
-        """Write every file for `token`; each is replaced atomically.
+    def write(self, token: Optional[Token]) -> None:
+        """Write every file for `token` (None: a run on S3 keys alone); each is replaced atomically.
 
         The run's own files are what the command's clients read, so failing to write them is a
         LocalFileError: at start the run stops before the command does; at a renewal the
@@ -353,8 +356,8 @@ class ClientFiles:
             self._write_own(token)
         except OSError as error:
             raise LocalFileError.of(error, "write the command's client files") from None
-        if self.user_config is not None:
-            self._update_user_config(self.user_config, token)
+        if self.user_config is not None and token is not None and self.target is not None:
+            self._update_user_config(self.user_config, self.target, token)
 
     def environment(self) -> Mapping[str, str]:
         """What the command's environment gains: where the files are, and what they hold now.
@@ -368,15 +371,17 @@ class ClientFiles:
             return {**found, **rclone_overrides(self.remote, self.service), **s3}
         return files_environment(self.directory, str(self.rclone_config), self.node)
 
-    def _write_own(self, token: Token) -> None:
+    def _write_own(self, token: Optional[Token]) -> None:
         if not self.directory.is_dir():
             log.warning("the run directory %s was removed; making it again", self.directory)
             paths.owned_private_dir(self.directory)
-        section = rclone_section(self.remote, self.target, token, self.credential, self.service)
+        sections = []
+        if token is not None and self.target is not None:
+            sections.append(rclone_section(self.remote, self.target, token, self.credential, self.service))
         if self.s3 is not None:
-            section += "\n" + ini_section(S3_REMOTE, s3_remote(self.s3))
+            sections.append(ini_section(S3_REMOTE, s3_remote(self.s3)))
             self._write_s3(self.s3)
-        write_atomic(self.rclone_config, HEADER + section)
+        write_atomic(self.rclone_config, HEADER + "\n".join(sections))
         write_atomic(self.env_path, env_file(token, self.service, s3_variables(self.directory, self.s3)))
         write_atomic(self.directory / "bash_env", bash_env(self.env_path, self.bash_env_before))
 
@@ -385,11 +390,11 @@ class ClientFiles:
         write_atomic(self.directory / "s3cfg", s3cmd_config(keys, self.aws_ca_bundle))
         write_atomic(self.directory / "aws-config", aws_config(self.aws_ca_bundle))
 
-    def _update_user_config(self, path: Path, token: Token) -> None:
+    def _update_user_config(self, path: Path, target: Target, token: Token) -> None:
         """Keep [remote] current in the user's own file; any failure is a warning."""
         try:
             lasting, credential = self.lasting() if self.lasting else (token, self.credential)
-            update_section(path, self.remote, rclone_section(self.remote, self.target, lasting, credential))
+            update_section(path, self.remote, rclone_section(self.remote, target, lasting, credential))
         except OSError as error:
             log.warning("not updating [%s]: %s", self.remote, LocalFileError.of(error, "write"))
         except AllasrunError as error:

@@ -41,7 +41,7 @@ class LookUp:
 
 def look_up(
     plan: StagePlan,
-    credentials: Credentials,
+    credentials: Optional[Credentials],
     *,
     resolved_only: bool = False,
     store: Optional[Store] = None,

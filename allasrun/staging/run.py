@@ -45,7 +45,7 @@ class StagingRun:
     def __init__(
         self,
         plan: StagePlan,
-        credentials: Credentials,
+        credentials: Optional[Credentials],
         workdir: Path,
         store: Optional[Store] = None,
         s3_keys: Optional[KeysFor] = None,
@@ -93,6 +93,8 @@ class StagingRun:
         if where.protocol == SWIFT:
             from allasrun.staging.swift import SwiftStore
 
+            if self._credentials is None:
+                raise UsageError(f"{where.name}: Swift needs Keystone credentials, and this run has none")
             return SwiftStore(self._credentials, self.plan.settings.retries)
         if self._s3_keys is None:
             raise UsageError(f"{where.name}: this command cannot stage over S3")

@@ -275,6 +275,20 @@ def s3_endpoint(stack: Stack) -> str:
     return stack.env["MINI_RGW_S3_URL"] if stack.backend == "rgw" else stack.env["MINI_ALLAS_SWIFT_URL"]
 
 
+def s3_env(stack: Stack, home: Path, keystone: bool = True, **extra: str) -> dict[str, str]:
+    """A user with S3 keys in the AWS variables; with `keystone=False`, nothing of Keystone's at all."""
+    env = user_env(stack, home, **extra)
+    env.update(
+        AWS_ACCESS_KEY_ID=stack.env["MINI_ALLAS_EC2_ACCESS"],
+        AWS_SECRET_ACCESS_KEY=stack.env["MINI_ALLAS_EC2_SECRET"],
+        AWS_ENDPOINT_URL=s3_endpoint(stack),
+    )
+    if not keystone:
+        for name in [n for n in env if n.startswith("OS_")]:
+            del env[name]
+    return env
+
+
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED")
 
 

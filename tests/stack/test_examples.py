@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
-from tests.stack.stackutil import ROOT, Slurm, Stack, allasrun, make_bucket, put_object, rclone, user_env
+from tests.stack.stackutil import (
+    ROOT,
+    Slurm,
+    Stack,
+    allasrun,
+    make_bucket,
+    put_object,
+    rclone,
+    s3_env,
+    user_env,
+)
 
 BUCKET = "examples-bucket"
 DATA = b"pear\napple\nfig\n"
@@ -21,10 +32,12 @@ def inputs(stack: Stack) -> None:
         put_object(stack, BUCKET, f"slices/{task}/input.txt", b"line\n" * task)
 
 
-def submit(stack: Stack, slurm: Slurm, home: Path, tmp_path: Path, name: str) -> str:
+def submit(
+    stack: Stack, slurm: Slurm, home: Path, tmp_path: Path, name: str, env: Optional[dict[str, str]] = None
+) -> str:
     script = tmp_path / name
     shutil.copy(ROOT / "slurm-examples" / name, script)
-    env = {**user_env(stack, home, BUCKET=BUCKET), **slurm.env}
+    env = {**(env or user_env(stack, home)), "BUCKET": BUCKET, **slurm.env}
     result = allasrun(["sbatch", "--parsable", name], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     job = result.stdout.strip()
@@ -73,6 +86,21 @@ def test_deadline_example_uploads_before_the_limit(
     job = submit(stack, slurm, home, tmp_path, "deadline.sh")
     assert cat(stack, tmp_path, f"deadline/{job}/latest.txt").startswith("state after step "), _logs(tmp_path)
     assert "sending SIGTERM to the command" in next(tmp_path.glob("deadline_*.txt")).read_text()
+
+
+@pytest.mark.usefixtures("inputs")
+def test_s3_roihu_example_needs_no_keystone(stack: Stack, slurm: Slurm, home: Path, tmp_path: Path) -> None:
+    """Only S3 keys, in the ~/.s3cfg allas-conf writes (the lab's endpoint by AWS_ENDPOINT_URL)."""
+    (home / ".s3cfg").write_text(
+        f"[allas-project_2000178]\naccess_key = {stack.env['MINI_ALLAS_EC2_ACCESS']}\n"
+        f"secret_key = {stack.env['MINI_ALLAS_EC2_SECRET']}\nhost_base = a3s.fi\nuse_https = True\n"
+    )
+    env = s3_env(stack, home, keystone=False)
+    del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    job = submit(stack, slurm, home, tmp_path, "s3-roihu.sh", env)
+    assert cat(stack, tmp_path, f"s3-results34/{job}/sorted.txt") == "apple\nfig\npear\n", _logs(tmp_path)
+    assert cat(stack, tmp_path, f"s3-results34/{job}/listing.txt") == "data2.txt\n", _logs(tmp_path)
+    assert "authenticated" not in _logs(tmp_path)
 
 
 def _logs(directory: Path) -> str:

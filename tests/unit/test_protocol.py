@@ -61,3 +61,13 @@ def test_swift_when_there_is_nothing_at_all(home: dict[str, str]) -> None:
 def test_named_remotes_are_left_as_they_are(home: dict[str, str]) -> None:
     named = StagePlan(stage_in=(StageIn("job.sh:2", "b1x", "a.txt", "./", remote="lumi-o"),))
     assert protocol.decide(named, {**home, **KEYS}) is named
+
+
+def test_a_run_goes_without_keystone_only_on_s3_with_only_s3_keys(home: dict[str, str]) -> None:
+    s3 = StagePlan(stage_in=(StageIn("job.sh:2", "b1x", "a.txt", "./", remote="s3allas"),))
+    swift = StagePlan(stage_in=(StageIn("job.sh:2", "b1x", "a.txt", "./", remote="allas"),))
+    assert protocol.keyless(s3, {**home, **KEYS})
+    assert protocol.keyless(StagePlan(), {**home, **KEYS})  # no directives: the command's S3 clients
+    assert not protocol.keyless(swift, {**home, **KEYS})  # Swift needs a token
+    assert not protocol.keyless(s3, {**home, **KEYS, "OS_PASSWORD": "pw"})  # a token is at hand
+    assert not protocol.keyless(s3, home)  # no keys: authentication says what is missing

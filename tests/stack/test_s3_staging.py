@@ -1,0 +1,141 @@
+"""#ALLAS stage-in / stage-out over S3 (`s3allas:`), on Swift's s3api and on radosgw.
+
+The user's keys reach allasrun as `allas-conf --mode S3` leaves them, and `AWS_ENDPOINT_URL`
+points at the lab's S3 (on Allas it is `https://a3s.fi`). What allasrun writes over S3 is read
+back over Swift, by Debian's rclone, and checked byte for byte: the two protocols see the same
+buckets, so neither side can vouch for itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from allasrun import errors
+from tests.stack.stackutil import Stack, allasrun, make_bucket, put_object, rclone, s3_env, user_env
+
+MIB = 1024 * 1024
+
+
+def job(tmp_path: Path, header: str, body: str) -> Path:
+    script = tmp_path / "job.sh"
+    script.write_text(f"#!/bin/sh\n{header.strip()}\n{body}\n")
+    script.chmod(0o755)
+    return script
+
+
+def run(script: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return allasrun(["run", str(script)], env, timeout=300, cwd=script.parent)
+
+
+def over_swift(stack: Stack, workdir: Path, bucket: str, prefix: str) -> dict[str, str]:
+    """Every object under the prefix, fetched over Swift by rclone: name -> MD5."""
+    copy = workdir / f"swift-{uuid.uuid4().hex[:6]}"
+    rclone(stack, workdir, "copy", f"ref:{bucket}/{prefix}", str(copy))
+    return {
+        p.relative_to(copy).as_posix(): md5(p.read_bytes()) for p in sorted(copy.rglob("*")) if p.is_file()
+    }
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+@pytest.fixture
+def bucket(stack: Stack) -> str:
+    name = f"s3-stage-{uuid.uuid4().hex[:10]}"
+    make_bucket(stack, name)
+    return name
+
+
+def test_stage_in_and_out_over_s3_with_multipart_and_resume(
+    stack: Stack, home: Path, tmp_path: Path, bucket: str
+) -> None:
+    """Inputs put over Swift come in over S3; results go out over S3, a 12 MiB file as 3 parts.
+
+    Then the same job again: every input and output is identical, so nothing moves.
+    """
+    inputs = {"in/a.txt": b"alpha\n", "in/sub/b.bin": os.urandom(70_000)}
+    for name, data in inputs.items():
+        put_object(stack, bucket, name, data)
+    big = os.urandom(12 * MIB + 5)
+    (tmp_path / "big.seed").write_bytes(big)
+    script = job(
+        tmp_path,
+        f"#ALLAS stage-in s3allas:{bucket}/in/ got/\n"
+        f"#ALLAS stage-out out/ s3allas:{bucket}/out/\n"
+        "#ALLAS option segment-size=5M report=report.json",
+        "mkdir -p out && cp -r got out/ && cp big.seed out/big.bin",
+    )
+    first = run(script, s3_env(stack, home))
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "got/a.txt").read_bytes() == inputs["in/a.txt"]
+    assert (tmp_path / "got/sub/b.bin").read_bytes() == inputs["in/sub/b.bin"]
+    landed = over_swift(stack, tmp_path, bucket, "out")
+    assert landed == {
+        "got/a.txt": md5(inputs["in/a.txt"]),
+        "got/sub/b.bin": md5(inputs["in/sub/b.bin"]),
+        "big.bin": md5(big),
+    }
+    transfers = json.loads((tmp_path / "report.json").read_text())["transfers"]
+    by_object = {t["source"] if t["direction"] == "stage-in" else t["destination"]: t for t in transfers}
+    assert by_object[f"s3allas:{bucket}/out/big.bin"]["verified"] == "md5 per part"
+    assert by_object[f"s3allas:{bucket}/in/a.txt"]["verified"] == "md5"
+    again = run(script, s3_env(stack, home))
+    assert again.returncode == 0, again.stderr
+    statuses = {t["status"] for t in json.loads((tmp_path / "report.json").read_text())["transfers"]}
+    assert statuses == {"skipped"}, again.stderr
+
+
+def test_a_roihu_user_with_only_s3_keys_needs_no_keystone(
+    stack: Stack, home: Path, tmp_path: Path, bucket: str
+) -> None:
+    """No OS_* variable at all: bare addresses go over S3, and Keystone is never asked."""
+    put_object(stack, bucket, "in/x.txt", b"x\n")
+    script = job(
+        tmp_path,
+        f"#ALLAS stage-in {bucket}/in/x.txt\n#ALLAS stage-out y.txt {bucket}/y.txt",
+        "cp x.txt y.txt",
+    )
+    result = run(script, s3_env(stack, home, keystone=False))
+    assert result.returncode == 0, result.stderr
+    # No OS_AUTH_URL: a Keystone call would go to CSC's, which this machine cannot reach.
+    assert (
+        "no Keystone secret at hand: staging and the command's S3 clients use your S3 keys" in result.stderr
+    )
+    assert "authenticated" not in result.stderr and "rclone remotes 's3allas:' in" in result.stderr
+    assert over_swift(stack, tmp_path, bucket, "y.txt") == {"y.txt": md5(b"x\n")}
+
+
+def test_object_names_that_escape_are_refused_over_s3_too(
+    stack: Stack, home: Path, tmp_path: Path, bucket: str
+) -> None:
+    put_object(stack, bucket, "esc/ok.txt", b"ok\n")
+    put_object(stack, bucket, "esc/../../evil.txt", b"evil\n")
+    script = job(tmp_path, f"#ALLAS stage-in s3allas:{bucket}/esc/ got/", "touch ran")
+    result = run(script, s3_env(stack, home))
+    assert result.returncode == errors.EXIT_STAGE_IN, result.stderr
+    assert "escape" in result.stderr or "outside" in result.stderr, result.stderr
+    assert not (tmp_path / "ran").exists() and not (tmp_path.parent / "evil.txt").exists()
+
+
+def test_keys_for_another_endpoint_stop_the_job_before_it_runs(
+    stack: Stack, home: Path, tmp_path: Path, bucket: str
+) -> None:
+    """LUMI-O's keys (allas-conf --lumi overwrites ~/.s3cfg) are not sent to Allas."""
+    (home / ".s3cfg").write_text(
+        "[lumi-project_462000000]\naccess_key = LUMIKEY\nsecret_key = lumisecret\n"
+        "host_base = https://lumidata.eu\nhost_bucket = https://lumidata.eu\nuse_https = True\n"
+    )
+    script = job(tmp_path, f"#ALLAS stage-out y.txt s3allas:{bucket}/y.txt", "touch ran")
+    env = user_env(stack, home)
+    result = run(script, env)
+    assert result.returncode == errors.EXIT_CONFIG, result.stderr
+    assert "s3allas: the S3 keys in ~/.s3cfg are for https://lumidata.eu, not https://a3s.fi" in result.stderr
+    assert "lumisecret" not in result.stderr and not (tmp_path / "ran").exists()
