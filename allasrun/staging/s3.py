@@ -41,7 +41,7 @@ from typing import Any, BinaryIO, Callable, Optional
 from allasrun.errors import BucketMissing, StoreError
 from allasrun.staging import retry
 from allasrun.staging.retry import RATE_LIMITED, TIMEOUT, retry_after
-from allasrun.staging.store import CHUNK, Part, RemoteObject, Segment, multipart_etag
+from allasrun.staging.store import CHUNK, EMPTY_MD5, OVER_S3, Part, RemoteObject, Segment, multipart_etag
 
 REGION = "us-east-1"  # Allas, LUMI-O and the lab ignore it, but SigV4 signs one
 PAGE = 1000  # keys per listing page: S3's most
@@ -99,13 +99,27 @@ class S3Store:
                 MaxKeys=self._page,
                 **token,
             )
-            found += [
-                RemoteObject(row["Key"], int(row["Size"]), _etag(row["ETag"]))
-                for row in page.get("Contents", [])
-            ]
+            found += [self._listed(bucket, row) for row in page.get("Contents", [])]
             if not page.get("IsTruncated"):
                 return found
             token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def _listed(self, bucket: str, row: dict[str, Any]) -> RemoteObject:
+        """One listed object; a large object written over Swift, as radosgw lists it, looked up.
+
+        radosgw lists a Swift static large object over S3 by its manifest: the manifest's size
+        with the MD5 of nothing, while a GET sends the whole object. A HEAD tells its real size;
+        its ETag, the MD5 of the segments' MD5s, is kept in the form Swift's s3api lists such an
+        object (`ETAG-N`): S3 cannot name the segments, so neither server vouches for more than
+        the size (see `verify`).
+        """
+        name, size, etag = row["Key"], int(row["Size"]), _etag(row["ETag"])
+        if not (etag == EMPTY_MD5 and size > 0):
+            return RemoteObject(name, size, etag)
+        head = self._call(
+            f"look up {self.url(bucket, name)}", self._client.head_object, Bucket=bucket, Key=name
+        )
+        return RemoteObject(name, int(head["ContentLength"]), _etag(head.get("ETag", "")) + OVER_S3)
 
     def bucket_exists(self, bucket: str) -> bool:
         """Whether the bucket exists."""

@@ -17,6 +17,9 @@ from allasrun.auth import Token
 
 CHUNK = 1024 * 1024  # bytes per read and per streamed chunk, both ways
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
+# How Swift's s3api lists a Swift large object, `ETAG-N` (N as such): its segments' hash, with
+# segments S3 cannot name. S3Store lists radosgw's alike; a GET may send the ETag without it.
+OVER_S3 = "-N"
 
 
 @dataclass(frozen=True)
