@@ -159,18 +159,9 @@ class S3Store:
         The file is read twice, to hash and to send; the server compares what it got with the
         MD5, so a file that changed between the reads is refused (BadDigest), never stored.
         """
-        body = _Body(source, size)
-        answer = self._call(
-            f"upload {self.url(bucket, name)}",
-            self._client.put_object,
-            again=body.rewind,
-            Bucket=bucket,
-            Key=name,
-            Body=body,
-            ContentLength=size,
-            ContentMD5=body.content_md5,
+        return self._send(
+            f"upload {self.url(bucket, name)}", self._client.put_object, source, size, Key=name, Bucket=bucket
         )
-        return body.md5, _etag(answer.get("ETag", ""))
 
     def put_manifest(self, bucket: str, name: str, segments: list[Segment]) -> None:
         """Not for S3: a large object is a multipart upload (`begin` ... `complete`)."""
@@ -204,20 +195,18 @@ class S3Store:
         self, bucket: str, name: str, upload_id: str, number: int, source: BinaryIO, length: int
     ) -> Part:
         """Part `number` (from 1): `length` bytes from `source`'s position, with Content-MD5."""
-        body = _Body(source, length)
-        answer = self._call(
-            f"upload part {number} of {self.url(bucket, name)}",
+        action = f"upload part {number} of {self.url(bucket, name)}"
+        sent = self._send(
+            action,
             self._client.upload_part,
-            again=body.rewind,
+            source,
+            length,
             Bucket=bucket,
             Key=name,
             UploadId=upload_id,
             PartNumber=number,
-            Body=body,
-            ContentLength=length,
-            ContentMD5=body.content_md5,
         )
-        return Part(number, length, body.md5, _etag(answer.get("ETag", "")))
+        return Part(number, length, *sent)
 
     def complete(self, bucket: str, name: str, upload_id: str, parts: Sequence[Part]) -> str:
         """Join the parts into the object and check its ETag; the ETag.
@@ -270,6 +259,22 @@ class S3Store:
             raise store_error(error, action) from None
         finally:
             body.close()
+
+    def _send(
+        self, action: str, function: Callable[..., Any], source: BinaryIO, length: int, **kwargs: Any
+    ) -> tuple[str, str]:
+        """`length` bytes from `source` with their Content-MD5: the MD5 read and the ETag stored."""
+        body = _Body(source, length)
+        answer = self._call(
+            action,
+            function,
+            again=body.rewind,
+            Body=body,
+            ContentLength=length,
+            ContentMD5=body.content_md5,
+            **kwargs,
+        )
+        return body.md5, _etag(answer.get("ETag", ""))
 
     def _call(
         self,
