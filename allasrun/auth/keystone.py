@@ -21,6 +21,7 @@ from keystoneauth1.identity import v3
 
 from allasrun import __version__
 from allasrun.auth.identity import AppCredential, ExistingToken, Password, Secret, Target
+from allasrun.auth.s3keys import S3Keys
 from allasrun.auth.token import Token
 from allasrun.errors import (
     AuthenticationFailed,
@@ -30,6 +31,9 @@ from allasrun.errors import (
 )
 
 TIMEOUT = 30.0
+DELEGATED = (
+    "Delegated tokens cannot access credentials directly"  # Keystone's 403 to an app credential's token
+)
 
 
 def authenticate(target: Target, secret: Secret) -> Token:
@@ -138,6 +142,28 @@ def delete_app_credential(target: Target, token: Token, credential_id: str) -> N
     _request(target, token, "DELETE", path, missing_ok=True)
 
 
+def create_s3_keys(target: Target, token: Token) -> S3Keys:
+    """New EC2 credentials (S3 keys) for the token's user and project.
+
+    Only a password's token may: Keystone answers any application credential's with 403
+    ("Delegated tokens cannot access credentials directly", measured on Debian 12's Keystone),
+    so keys bound to an application credential cannot be made. The keys open the whole project
+    until they are deleted, and radosgw keeps accepting a key it has used until the Keystone
+    token it cached for it expires (90 s in the lab, up to a token's life on Allas).
+    """
+    body = {"tenant_id": token.project_id}
+    response = _request(target, token, "POST", f"/users/{token.user_id}/credentials/OS-EC2", body)
+    created = response.json()["credential"]
+    return S3Keys(
+        created["access"], created["secret"], f"S3 keys {created['access']} made for this run", None
+    )
+
+
+def delete_s3_keys(target: Target, token: Token, access: str) -> None:
+    """Delete EC2 credentials; keys already gone count as deleted."""
+    _request(target, token, "DELETE", f"/users/{token.user_id}/credentials/OS-EC2/{access}", missing_ok=True)
+
+
 def _request(
     target: Target,
     token: Token,
@@ -215,6 +241,11 @@ def _raise_mapped(error: ks_exc.ClientException, target: Target, action: str) ->
         raise AuthenticationFailed(
             f"Keystone refused {target.describe()} (HTTP 401): wrong password or application "
             "credential, unknown user or project, or an expired secret"
+        ) from None
+    if isinstance(error, ks_exc.Forbidden) and DELEGATED in str(error.message):
+        raise AuthenticationFailed(
+            f"Keystone forbade {target.describe()} to {action}: a token from an application credential "
+            "may not manage S3 keys (EC2 credentials); use the password (OS_PASSWORD)"
         ) from None
     if isinstance(error, ks_exc.Forbidden):
         raise AuthenticationFailed(

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 from allasrun import paths
 from allasrun.auth.cache import Entry, TokenCache, open_cache
 from allasrun.auth.identity import AppCredential, Identity, Password, Target, ask_password, gather
+from allasrun.auth.s3keys import S3Keys
 from allasrun.auth.schedule import Schedule
 from allasrun.auth.token import Token, duration, utc_text
 from allasrun.errors import AllasrunError, UsageError
@@ -48,6 +49,7 @@ class TokenSource:
         self._owner: Optional[Identity] = None  # the password behind a minted run credential
         self._owner_cache: Optional[TokenCache] = None  # and the password's cache entry
         self._minted: Optional[AppCredential] = None
+        self._s3_keys: list[str] = []  # access ids of the S3 keys made for this run, deleted at close
         self._listeners: list[Listener] = []
         self._lock = threading.RLock()
         hide(*identity.secret.hidden(), token.value)
@@ -189,6 +191,25 @@ class TokenSource:
         log.info("revoked %s", label)
         return True
 
+    def run_s3_keys(self) -> Optional[S3Keys]:
+        """S3 keys made for this run through Keystone, deleted when it ends; None without a password.
+
+        For a user who stages over S3 but has no keys of their own: Keystone lets only a
+        password's token make and delete them, so with an application credential there are none.
+        """
+        from allasrun.auth import keystone
+
+        owner = self._owner or self._identity
+        if not isinstance(owner.secret, Password):
+            return None
+        target, token = self._manager()
+        keys = keystone.create_s3_keys(target, token)
+        hide(keys.secret)
+        with self._lock:
+            self._s3_keys.append(keys.access)
+        log.info("created S3 keys %s for this run (deleted when it ends)", keys.access)
+        return keys
+
     def lasting(self) -> tuple[Token, Optional[AppCredential]]:
         """A token and credential for a file that outlives the run (the user's own rclone.conf).
 
@@ -207,10 +228,31 @@ class TokenSource:
         return token
 
     def close(self) -> None:
-        """Revoke the credential minted for the run, if any."""
+        """Delete the S3 keys made for the run and revoke its credential, if any."""
+        keys, self._s3_keys = self._s3_keys, []
+        for access in keys:
+            self._delete_s3_keys(access)
         minted, self._minted = self._minted, None
         if minted is not None:
             self.revoke(minted.id, f"application credential {minted.id}")
+
+    def _delete_s3_keys(self, access: str) -> None:
+        """On failure warn: unlike a credential, S3 keys do not expire, so the user must act."""
+        from allasrun.auth import keystone
+
+        try:
+            target, token = self._manager()
+            keystone.delete_s3_keys(target, token, access)
+        except AllasrunError as error:
+            log.warning(
+                "could not delete the run's S3 keys %s: %s; delete them with "
+                "'openstack ec2 credentials delete %s'",
+                access,
+                error,
+                access,
+            )
+            return
+        log.info("deleted S3 keys %s", access)
 
     def __enter__(self) -> TokenSource:
         return self

@@ -6,6 +6,7 @@ bucket is looked up (it exists, or will be created).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 from allasrun.auth import TokenSource
@@ -16,9 +17,9 @@ from allasrun.staging import MIB, StagePlan, look_up
 
 def run(plan: StagePlan, env: Mapping[str, str]) -> tuple[str, int]:
     """The report to print and the exit status: 0, or 74 when an input is missing."""
-    keys = s3access.keys_for(plan, env)
     source = None if protocol.keyless(plan, env) else TokenSource.open(env, project=plan.settings.project)
-    found = look_up(plan, source, s3_keys=keys)
+    with source or contextlib.nullcontext():  # S3 keys made for the look-up are deleted after it
+        found = look_up(plan, source, s3_keys=s3access.keys_for(plan, env, source))
     lines = []
     for item in found.inputs:
         spec = item.spec

@@ -60,7 +60,6 @@ def run(options: LaunchOptions, env: Mapping[str, str]) -> int:
     """Run the command under a kept token; the exit status to report."""
     executable = resolve(options.command[0], env)
     StagingRun.check_report(options.plan, options.workdir)
-    options = replace(options, s3_keys=s3access.keys_for(options.plan, env))
     where = step.place(env, stages=bool(options.plan))
     if not where.leads:
         return _on_shared_files(where, executable, options, env)
@@ -69,7 +68,10 @@ def run(options: LaunchOptions, env: Mapping[str, str]) -> int:
     with step.leading(where) as directory, sync as nodes, _authenticate(options, env) as source:
         if source is not None and options.job_credential:  # a password is traded for a credential
             source.use_run_credential(options.job_credential_hours)  # that the run revokes
-        return _lead(replace(options, plan=mine), env, executable, where, nodes, directory, source)
+        keys = s3access.keys_for(options.plan, env, source)
+        return _lead(
+            replace(options, plan=mine, s3_keys=keys), env, executable, where, nodes, directory, source
+        )
 
 
 def _authenticate(options: LaunchOptions, env: Mapping[str, str]) -> ContextManager[Optional[TokenSource]]:

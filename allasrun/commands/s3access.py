@@ -9,30 +9,37 @@ only earn a refusal, after the command has run. The endpoint the keys came with 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
+from typing import Optional
 from urllib.parse import urlsplit
 
-from allasrun.auth import S3Keys, find_keys
+from allasrun.auth import S3Keys, TokenSource, find_keys
 from allasrun.errors import BadS3Keys, NoCredentials
 from allasrun.log import hide
 from allasrun.staging import REMOTES, S3, KeysFor, Remote, StagePlan
 
 
-def keys_for(plan: StagePlan, env: Mapping[str, str]) -> KeysFor:
+def keys_for(plan: StagePlan, env: Mapping[str, str], source: Optional[TokenSource] = None) -> KeysFor:
     """A function giving each S3 remote its keys; those of the plan's S3 remotes are found now.
 
     Now, not at stage-out: keys missing or meant for another endpoint must stop a job before
-    its command runs for days, not after.
+    its command runs for days, not after. A user with no keys of their own but a password
+    (`source`) gets keys made for the run, for Allas (`TokenSource.run_s3_keys`).
     """
 
     @cache
     def found() -> S3Keys:
         keys = find_keys(env, Path(env.get("HOME") or Path.home()))
+        made = source.run_s3_keys() if keys is None and source is not None else None
+        if made is not None:
+            keys = replace(made, endpoint=REMOTES["s3allas"].endpoint)
         if keys is None:
             raise NoCredentials(
-                "no S3 keys: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run "
-                "'allas-conf --mode S3' (it writes ~/.s3cfg and ~/.aws/credentials)"
+                "no S3 keys: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, run 'allas-conf "
+                "--mode S3' (it writes ~/.s3cfg and ~/.aws/credentials), or give allasrun the "
+                "password (OS_PASSWORD) to make keys for the run"
             )
         hide(keys.secret)
         return keys

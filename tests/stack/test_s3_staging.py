@@ -18,7 +18,17 @@ from pathlib import Path
 import pytest
 
 from allasrun import errors
-from tests.stack.stackutil import Stack, allasrun, make_bucket, put_object, rclone, s3_env, user_env
+from tests.stack.stackutil import (
+    Stack,
+    allasrun,
+    app_credential_env,
+    make_bucket,
+    put_object,
+    rclone,
+    s3_endpoint,
+    s3_env,
+    user_env,
+)
 
 MIB = 1024 * 1024
 
@@ -187,3 +197,50 @@ def test_large_objects_cross_protocols_checked_by_what_the_server_vouches_for(
     assert verified[f"s3allas:{bucket}/x/slo.bin"] == "size"
     assert verified[f"allas:{bucket}/x/mp.bin"] in ("md5 per segment", "md5 per part")
     assert "a large object written over Swift (segments), read over S3" in read.stderr
+
+
+def test_a_password_user_without_s3_keys_gets_keys_for_the_run_deleted_after_it(
+    stack: Stack, home: Path, tmp_path: Path, bucket: str
+) -> None:
+    """The run makes EC2 keys with the password, stages and serves the command with them, deletes them.
+
+    The command prints the access key it was given; after the run Keystone no longer lists it and
+    Swift's s3api refuses it (radosgw accepts a used key until its cached token expires).
+    """
+    put_object(stack, bucket, "in/x.txt", b"x\n")
+    script = job(
+        tmp_path,
+        f"#ALLAS stage-in s3allas:{bucket}/in/x.txt\n#ALLAS stage-out y.txt s3allas:{bucket}/y.txt",
+        'cp x.txt y.txt && echo "$AWS_ACCESS_KEY_ID" > access.txt && rclone lsf "s3allas:'
+        + bucket
+        + '/in/" > lsf.txt',
+    )
+    env = user_env(stack, home, AWS_ENDPOINT_URL=s3_endpoint(stack))
+    result = run(script, env)
+    assert result.returncode == 0, result.stderr
+    access = (tmp_path / "access.txt").read_text().strip()
+    assert access and f"created S3 keys {access} for this run" in result.stderr
+    assert f"deleted S3 keys {access}" in result.stderr
+    assert (tmp_path / "lsf.txt").read_text() == "x.txt\n"
+    assert over_swift(stack, tmp_path, bucket, "y.txt") == {"y.txt": md5(b"x\n")}
+    listed = subprocess.run(
+        ["openstack", "ec2", "credentials", "list", "-f", "value", "-c", "Access"],
+        env={**os.environ, **{k: v for k, v in stack.env.items() if k.startswith("OS_")}},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    assert access not in listed
+
+
+def test_an_application_credential_cannot_make_s3_keys_and_the_command_never_starts(
+    stack: Stack, home: Path, tmp_path: Path, bucket: str
+) -> None:
+    script = job(tmp_path, f"#ALLAS stage-out y.txt s3allas:{bucket}/y.txt", "touch ran")
+    env = app_credential_env(stack, home)
+    env["AWS_ENDPOINT_URL"] = s3_endpoint(stack)
+    result = run(script, env)
+    assert result.returncode == errors.EXIT_CONFIG, result.stderr
+    assert "no S3 keys" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "ran").exists()

@@ -41,6 +41,8 @@ REFUSED = 0  # for `fail`: the connection is refused instead of answered
 TOKENS = "/v3/auth/tokens"
 CREDENTIALS = re.compile(r"/v3/users/[^/]+/application_credentials$")
 CREDENTIAL = re.compile(r"/v3/users/[^/]+/application_credentials/([^/]+)$")
+EC2_KEYS = re.compile(r"/v3/users/[^/]+/credentials/OS-EC2$")
+EC2_KEY = re.compile(r"/v3/users/[^/]+/credentials/OS-EC2/([^/]+)$")
 
 
 def env_for(tmp_path: Path, **variables: str) -> dict[str, str]:
@@ -102,12 +104,15 @@ class FakeKeystone:
         self.methods: dict[str, str] = {}  # token -> how it was obtained
         self.created: list[str] = []  # application credential ids, in order
         self.deleted: list[str] = []
+        self.ec2: dict[str, str] = {}  # S3 keys now held: access -> secret
         self.login_times: list[float] = []  # when each POST /auth/tokens arrived
         self.delay = 0.0  # seconds each login takes, so concurrent logins overlap
         mocker.post(AUTH_URL + "/auth/tokens", json=self._login)
         mocker.get(AUTH_URL + "/auth/tokens", json=self._validate)
         mocker.post(CREDENTIALS, json=self._create)
         mocker.delete(CREDENTIAL, json=self._delete)
+        mocker.post(EC2_KEYS, json=self._create_ec2)
+        mocker.delete(EC2_KEY, json=self._delete_ec2)
 
     def fail(self, kind: str, status: int) -> None:
         """Answer every `kind` request with HTTP `status` (or refuse it: REFUSED) until `heal`."""
@@ -187,6 +192,37 @@ class FakeKeystone:
         self.deleted.append(match.group(1))
         context.status_code = 204
         return None
+
+    def _create_ec2(self, request: requests_mock.Request, context: requests_mock.Context) -> Any:
+        refused = self._delegated(request, context)
+        if refused is not None:
+            return refused
+        context.status_code = 201
+        access, secret = unique("ec2access"), unique("ec2secret")
+        self.ec2[access] = secret
+        return {"credential": {"access": access, "secret": secret, "tenant_id": request.json()["tenant_id"]}}
+
+    def _delete_ec2(self, request: requests_mock.Request, context: requests_mock.Context) -> Any:
+        error = self._refused_or_failed("ec2", context) or self._delegated(request, context)
+        if error is not None:
+            return error
+        match = EC2_KEY.search(request.path)
+        assert match is not None
+        context.status_code = 204 if self.ec2.pop(match.group(1), None) else 404
+        return None
+
+    def _delegated(
+        self, request: requests_mock.Request, context: requests_mock.Context
+    ) -> Optional[dict[str, Any]]:
+        """Debian 12's Keystone: a token from an application credential may not touch EC2 keys."""
+        if self.methods.get(request.headers["X-Auth-Token"]) != "application_credential":
+            return None
+        context.status_code = 403
+        message = (
+            "You are not authorized to perform the requested action: "
+            "Delegated tokens cannot access credentials directly."
+        )
+        return {"error": {"code": 403, "title": "Forbidden", "message": message}}
 
 
 def _iso(moment: float) -> str:

@@ -26,6 +26,7 @@ from tests.unit.keystone_fake import (
     AUTH_URL,
     CREDENTIAL,
     CREDENTIALS,
+    EC2_KEYS,
     PROJECT,
     REFUSED,
     USER_ID,
@@ -478,3 +479,34 @@ def test_env_and_status_register_every_secret_they_learn(
     assert exported in tokens
     for secret in (password, *tokens):
         assert secret not in err
+
+
+def test_s3_keys_made_for_the_run_with_the_password_are_deleted_at_its_end(
+    keystone: FakeKeystone, tmp_path: Path, logged: pytest.LogCaptureFixture
+) -> None:
+    with _open(tmp_path) as source:
+        source.use_run_credential(1.0)  # the run's credential may not make keys: the password's token does
+        keys = source.run_s3_keys()
+        assert keys is not None and keystone.ec2 == {keys.access: keys.secret}
+        maker = keystone.requests("POST", EC2_KEYS)[0].headers["X-Auth-Token"]
+        assert keystone.methods[maker] == "password"
+    assert keystone.ec2 == {}
+    assert f"deleted S3 keys {keys.access}" in logged.text
+    assert keys.secret not in logged.text
+
+
+def test_an_application_credential_makes_no_s3_keys(keystone: FakeKeystone, tmp_path: Path) -> None:
+    with TokenSource.open(app_credential_env(tmp_path)) as source:
+        assert source.run_s3_keys() is None
+    assert not keystone.requests("POST", EC2_KEYS)
+
+
+def test_keys_that_cannot_be_deleted_are_named_with_the_command_that_deletes_them(
+    keystone: FakeKeystone, tmp_path: Path, logged: pytest.LogCaptureFixture
+) -> None:
+    with _open(tmp_path) as source:
+        keys = source.run_s3_keys()
+        assert keys is not None
+        keystone.fail("ec2", 503)
+    assert f"could not delete the run's S3 keys {keys.access}" in logged.text
+    assert f"openstack ec2 credentials delete {keys.access}" in logged.text
