@@ -5,6 +5,7 @@ imports keystoneauth1 until a token must come from Keystone, and nothing here kn
 jobs or staging.
 """
 
+from allasrun.auth.credstore import job_s3_keys
 from allasrun.auth.identity import (
     SECRET_VARIABLES,
     AppCredential,
@@ -30,6 +31,7 @@ __all__ = [
     "TokenSource",
     "duration",
     "find_keys",
+    "job_s3_keys",
     "keystone_at_hand",
     "utc_text",
 ]

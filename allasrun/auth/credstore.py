@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 from allasrun.atomicfile import private_dir, write_atomic
+from allasrun.auth.s3keys import S3Keys
 from allasrun.errors import UnsafeFile, UsageError
 from allasrun.paths import check_private
 
@@ -35,6 +37,20 @@ class StoredCredential:
     job_id: str = ""
     owned: bool = False
     cluster: str = ""
+    # For an S3 job: the EC2 key pair made for it alone, deleted with the record.
+    s3_access: str = ""
+    s3_secret: str = ""
+
+
+def job_s3_keys(env: Mapping[str, str]) -> Optional[S3Keys]:
+    """The S3 keys `allasrun sbatch` made for this job, in its credentials file; None if none."""
+    path = env.get("ALLASRUN_CREDENTIALS")
+    if not path:
+        return None
+    stored = read(Path(path))
+    if not stored.s3_access:
+        return None
+    return S3Keys(stored.s3_access, stored.s3_secret, f"the job's own S3 keys in {path}", None)
 
 
 def path_for(directory: Path, project_name: str) -> Path:

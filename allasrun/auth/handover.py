@@ -4,7 +4,8 @@
 (on which cluster) as soon as sbatch names the job. Keystone does not let a restricted
 credential delete itself, so a job cannot revoke its own: the submission that waited for it
 (`--wait`) or a later submission (which holds the password) deletes it, and the expiry
-bounds the rest.
+bounds the rest. An S3 job's own keys (EC2 credentials, which only a password's token may
+make or delete, and which never expire) go the same way, with its record.
 
 Deleting is only ever done on proof: every job that holds the credential is known to Slurm
 as ended (the caller's `finished`), or the credential has expired. A record without a job
@@ -44,14 +45,19 @@ class Handover:
 
 
 def hand_over(
-    source: TokenSource, directory: Path, expires_at: float, shared_until: Optional[float] = None
+    source: TokenSource,
+    directory: Path,
+    expires_at: float,
+    shared_until: Optional[float] = None,
+    s3: bool = False,
 ) -> Handover:
     """Write the job's credentials file.
 
     The job shares the application credential the source already authenticates with (the
     user's, or the submitting job's; `shared_until` is its expiry where known), or else
     gets one of its own, made with the password and expiring at `expires_at`. A shared
-    one gets a file of its own per job, so no job's record replaces another's.
+    one gets a file of its own per job, so no job's record replaces another's. With `s3`
+    and a password, the job also gets S3 keys of its own, deleted with its record.
     """
     credential = source.app_credential
     owned = credential is None
@@ -63,6 +69,7 @@ def hand_over(
             f"{credential.id}-{secrets.token_hex(6)}.json",
             utc_text(shared_until) if shared_until else "",
         )
+    keys = source.make_s3_keys("the job (deleted when it is over)") if s3 else None
     target, token = source.identity.target, source.token
     stored = StoredCredential(
         auth_url=target.auth_url,
@@ -74,6 +81,8 @@ def hand_over(
         name=f"allasrun-job-{credential.id}",
         expires_at=until,
         owned=owned,
+        s3_access=keys.access if keys else "",
+        s3_secret=keys.secret if keys else "",
     )
     return Handover(credstore.write(directory / name, stored), stored)
 
@@ -130,6 +139,8 @@ def _release(source: TokenSource, group: Sequence[Record], done: Callable[[Recor
     if not group or not all(done(r) for r in group):
         return False
     stored = [s for _, s in group]
+    if not all(source.delete_s3_keys(s.s3_access) for s in stored if s.s3_access):
+        return False  # kept: the next sweep tries again (the keys never expire; gone ones count as deleted)
     if any(s.owned for s in stored):
         jobs = ", ".join(sorted({s.job_id for s in stored if s.job_id})) or "-"
         if not source.revoke(stored[0].id, f"application credential {stored[0].id} of finished job {jobs}"):

@@ -192,10 +192,22 @@ class TokenSource:
         return True
 
     def run_s3_keys(self) -> Optional[S3Keys]:
-        """S3 keys made for this run through Keystone, deleted when it ends; None without a password.
+        """S3 keys made for this run, deleted when it ends (`close`); None without a password.
 
-        For a user who stages over S3 but has no keys of their own: Keystone lets only a
-        password's token make and delete them, so with an application credential there are none.
+        For a user who stages over S3 but has no keys of their own.
+        """
+        keys = self.make_s3_keys("this run (deleted when it ends)")
+        if keys is not None:
+            with self._lock:
+                self._s3_keys.append(keys.access)
+        return keys
+
+    def make_s3_keys(self, purpose: str) -> Optional[S3Keys]:
+        """New S3 keys (EC2 credentials) for this user and project; None without a password.
+
+        Keystone lets only a password's token make and delete them (an application
+        credential's gets 403), so with any other secret there are none. Whoever asks for
+        them deletes them (`delete_s3_keys`): unlike a credential, they never expire.
         """
         from allasrun.auth import keystone
 
@@ -205,10 +217,26 @@ class TokenSource:
         target, token = self._manager()
         keys = keystone.create_s3_keys(target, token)
         hide(keys.secret)
-        with self._lock:
-            self._s3_keys.append(keys.access)
-        log.info("created S3 keys %s for this run (deleted when it ends)", keys.access)
+        log.info("created S3 keys %s for %s", keys.access, purpose)
         return keys
+
+    def delete_s3_keys(self, access: str) -> bool:
+        """Delete S3 keys; on failure warn with the command that does it, as they never expire."""
+        from allasrun.auth import keystone
+
+        try:
+            target, token = self._manager()
+            keystone.delete_s3_keys(target, token, access)
+        except AllasrunError as error:
+            log.warning(
+                "could not delete the S3 keys %s: %s; delete them with 'openstack ec2 credentials delete %s'",
+                access,
+                error,
+                access,
+            )
+            return False
+        log.info("deleted S3 keys %s", access)
+        return True
 
     def lasting(self) -> tuple[Token, Optional[AppCredential]]:
         """A token and credential for a file that outlives the run (the user's own rclone.conf).
@@ -231,28 +259,10 @@ class TokenSource:
         """Delete the S3 keys made for the run and revoke its credential, if any."""
         keys, self._s3_keys = self._s3_keys, []
         for access in keys:
-            self._delete_s3_keys(access)
+            self.delete_s3_keys(access)
         minted, self._minted = self._minted, None
         if minted is not None:
             self.revoke(minted.id, f"application credential {minted.id}")
-
-    def _delete_s3_keys(self, access: str) -> None:
-        """On failure warn: unlike a credential, S3 keys do not expire, so the user must act."""
-        from allasrun.auth import keystone
-
-        try:
-            target, token = self._manager()
-            keystone.delete_s3_keys(target, token, access)
-        except AllasrunError as error:
-            log.warning(
-                "could not delete the run's S3 keys %s: %s; delete them with "
-                "'openstack ec2 credentials delete %s'",
-                access,
-                error,
-                access,
-            )
-            return
-        log.info("deleted S3 keys %s", access)
 
     def __enter__(self) -> TokenSource:
         return self

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-from allasrun.auth import S3Keys, TokenSource, find_keys
+from allasrun.auth import S3Keys, TokenSource, find_keys, job_s3_keys
 from allasrun.errors import BadS3Keys, NoCredentials
 from allasrun.log import hide
 from allasrun.staging import REMOTES, S3, KeysFor, Remote, StagePlan
@@ -25,15 +25,16 @@ def keys_for(plan: StagePlan, env: Mapping[str, str], source: Optional[TokenSour
     """A function giving each S3 remote its keys; those of the plan's S3 remotes are found now.
 
     Now, not at stage-out: keys missing or meant for another endpoint must stop a job before
-    its command runs for days, not after. A user with no keys of their own but a password
-    (`source`) gets keys made for the run, for Allas (`TokenSource.run_s3_keys`).
+    its command runs for days, not after. A job's own keys (`allasrun sbatch` made them) come
+    first; then the user's; a user with none but a password (`source`) gets keys made for the
+    run (`TokenSource.run_s3_keys`).
     """
 
     @cache
     def found() -> S3Keys:
         keys = find_keys(env, Path(env.get("HOME") or Path.home()))
-        made = source.run_s3_keys() if keys is None and source is not None else None
-        if made is not None:
+        made = job_s3_keys(env) or (source.run_s3_keys() if keys is None and source is not None else None)
+        if made is not None:  # Allas's: made by its Keystone
             keys = replace(made, endpoint=REMOTES["s3allas"].endpoint)
         if keys is None:
             raise NoCredentials(

@@ -8,6 +8,7 @@ allasrun. sbatch's options and output pass through untouched.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,7 +50,8 @@ def run(options: SbatchOptions, env: Mapping[str, str]) -> int:
     script_text, plan = _read(line, env)
     keyless = protocol.keyless(plan, env)
     source = None if keyless else TokenSource.open(env, project=plan.settings.project)
-    missing = _missing_inputs(plan, source, env)
+    with source or contextlib.nullcontext():  # S3 keys made for the look-up are deleted after it
+        missing = _missing_inputs(plan, source, env)
     if missing:
         for problem in missing:
             log.error("%s", problem)
@@ -65,13 +67,14 @@ def run(options: SbatchOptions, env: Mapping[str, str]) -> int:
             "a token cannot outlive the queue: set OS_PASSWORD, run 'allasrun login', "
             "or export OS_APPLICATION_CREDENTIAL_ID and _SECRET"
         )
-    return _submit_with_credential(options, line, script_text, source, env)
+    return _submit_with_credential(options, line, script_text, plan, source, env)
 
 
 def _submit_with_credential(
     options: SbatchOptions,
     line: sbatchline.CommandLine,
     script_text: Optional[str],
+    plan: StagePlan,
     source: TokenSource,
     env: Mapping[str, str],
 ) -> int:
@@ -81,7 +84,8 @@ def _submit_with_credential(
         handover.sweep(source, directory, finished(env))
     limit = sbatchline.time_limit(line, script_text or "") or DEFAULT_LIMIT
     expires = time.time() + options.queue_hours * 3600 + limit + options.margin_hours * 3600
-    handed = handover.hand_over(source, directory, expires, _lasts_long_enough(source, env, expires))
+    s3 = "s3allas" in plan.remotes  # an Allas S3 job gets keys of its own, if the password can make them
+    handed = handover.hand_over(source, directory, expires, _lasts_long_enough(source, env, expires), s3)
     _warn_of_long_waits(line, script_text or "", options.queue_hours, handed.stored.expires_at)
     job_env = child_environment(_outside_any_run(env), {"ALLASRUN_CREDENTIALS": str(handed.path)})
     line = sbatchline.exporting(line, script_text or "", env.get("SBATCH_EXPORT"), _exported(job_env))
@@ -231,7 +235,7 @@ def _missing_inputs(plan: StagePlan, source: Optional[TokenSource], env: Mapping
     """
     if not plan:
         return []
-    found = look_up(plan, source, resolved_only=True, s3_keys=s3access.keys_for(plan, env))
+    found = look_up(plan, source, resolved_only=True, s3_keys=s3access.keys_for(plan, env, source))
     for out, exists in found.buckets:
         if not exists:
             log.info("%s: bucket %s does not exist yet; stage-out will create it", out.where, out.bucket)

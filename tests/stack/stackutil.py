@@ -289,6 +289,19 @@ def s3_env(stack: Stack, home: Path, keystone: bool = True, **extra: str) -> dic
     return env
 
 
+def ec2_accesses(stack: Stack) -> list[str]:
+    """The access ids of the user's EC2 credentials (S3 keys), as Keystone lists them now."""
+    listed = subprocess.run(
+        ["openstack", "ec2", "credentials", "list", "-f", "value", "-c", "Access"],
+        env={**os.environ, **{k: v for k, v in stack.env.items() if k.startswith("OS_")}},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return listed.stdout.split()
+
+
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED")
 
 

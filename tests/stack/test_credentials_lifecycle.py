@@ -18,7 +18,18 @@ from typing import Any
 import pytest
 
 from allasrun import errors
-from tests.stack.stackutil import ALLASRUN, Slurm, Stack, allasrun, make_bucket, rclone, user_env, wait_for
+from tests.stack.stackutil import (
+    ALLASRUN,
+    Slurm,
+    Stack,
+    allasrun,
+    ec2_accesses,
+    make_bucket,
+    rclone,
+    s3_endpoint,
+    user_env,
+    wait_for,
+)
 
 HELD = "#!/bin/bash\n#SBATCH --time=5\ntrue\n"
 
@@ -302,3 +313,26 @@ def test_the_job_runs_under_allasrun_and_stages_out(
     output = (tmp_path / f"slurm-{job}.out").read_text()
     assert fields["ExitCode"] == "0:0", output
     assert rclone(stack, tmp_path, "cat", f"ref:{bucket}/{job}/result.txt").stdout == "under allasrun: yes\n"
+
+
+def test_an_s3_job_gets_keys_of_its_own_gone_when_the_wait_ends(
+    stack: Stack, slurm: Slurm, home: Path, tmp_path: Path
+) -> None:
+    """`allasrun sbatch --wait` with the password: the job stages over S3 with keys made for it
+    alone (it writes the access id it was given into its result); once it is over they are deleted."""
+    bucket = f"s3-job-{uuid.uuid4().hex[:8]}"
+    make_bucket(stack, bucket)
+    env = _env(stack, slurm, home, AWS_ENDPOINT_URL=s3_endpoint(stack))
+    text = (
+        f"#!/bin/bash\n#SBATCH --time=5\n#ALLAS stage-out out.txt s3allas:{bucket}/out.txt\n"
+        'echo "$AWS_ACCESS_KEY_ID" > out.txt\n'
+    )
+    result = _sbatch(
+        env, tmp_path, "--wait", "--parsable", f"--output={tmp_path}/slurm.txt", str(_script(tmp_path, text))
+    )
+    assert result.returncode == 0, result.stderr + (tmp_path / "slurm.txt").read_text()
+    access = (tmp_path / "out.txt").read_text().strip()
+    assert f"created S3 keys {access} for the job" in result.stderr
+    assert f"deleted S3 keys {access}" in result.stderr
+    assert rclone(stack, tmp_path, "cat", f"ref:{bucket}/out.txt").stdout.strip() == access
+    assert access not in ec2_accesses(stack) and _records(home) == []

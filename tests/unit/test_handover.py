@@ -517,3 +517,39 @@ def test_a_held_or_deferred_job_is_warned_that_its_credential_may_run_out(
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.startswith("--hold, --begin: the job's credential expires ")
     assert "give a larger --queue-hours" in warning
+
+
+def test_an_s3_job_gets_keys_of_its_own_deleted_with_its_record(
+    keystone: FakeKeystone, password_source: TokenSource, jobs: Path, tmp_path: Path
+) -> None:
+    given = record(hand_over(password_source, jobs, IN_A_DAY, s3=True), "4242", "")
+    stored = read(given.path)
+    assert keystone.ec2 == {stored.s3_access: stored.s3_secret}
+    job_env = {"ALLASRUN_CREDENTIALS": str(given.path)}
+    keys = credstore.job_s3_keys(job_env)
+    assert keys is not None and (keys.access, keys.secret) == (stored.s3_access, stored.s3_secret)
+    sweep(password_source, jobs, lambda s: False)  # still queued: kept
+    assert keystone.ec2 and given.path.exists()
+    sweep(password_source, jobs, lambda s: s.job_id == "4242")
+    assert keystone.ec2 == {} and not given.path.exists()
+
+
+def test_keys_that_cannot_be_deleted_keep_the_record_for_the_next_sweep(
+    keystone: FakeKeystone, password_source: TokenSource, jobs: Path
+) -> None:
+    given = record(hand_over(password_source, jobs, IN_A_DAY, s3=True), "4242", "")
+    keystone.fail("ec2", 503)
+    sweep(password_source, jobs, lambda s: True)
+    assert given.path.exists() and keystone.ec2 and not keystone.deleted  # nor the credential yet
+    keystone.heal()
+    sweep(password_source, jobs, lambda s: True)
+    assert not given.path.exists() and keystone.ec2 == {} and keystone.deleted
+
+
+def test_an_application_credential_hands_an_s3_job_no_keys(
+    keystone: FakeKeystone, tmp_path: Path, jobs: Path
+) -> None:
+    source = TokenSource.open(app_credential_env(tmp_path))
+    given = hand_over(source, jobs, IN_A_DAY, s3=True)
+    assert not given.stored.s3_access and keystone.ec2 == {}
+    assert credstore.job_s3_keys({"ALLASRUN_CREDENTIALS": str(given.path)}) is None

@@ -508,5 +508,5 @@ def test_keys_that_cannot_be_deleted_are_named_with_the_command_that_deletes_the
         keys = source.run_s3_keys()
         assert keys is not None
         keystone.fail("ec2", 503)
-    assert f"could not delete the run's S3 keys {keys.access}" in logged.text
+    assert f"could not delete the S3 keys {keys.access}" in logged.text
     assert f"openstack ec2 credentials delete {keys.access}" in logged.text
