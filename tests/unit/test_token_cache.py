@@ -158,15 +158,18 @@ def test_another_hosts_token_is_judged_by_keystones_clock_which_its_answer_tells
     assert request.headers["X-Auth-Token"] == request.headers["X-Subject-Token"] == "tok-cached"
 
 
-def test_another_hosts_token_accepted_without_keystones_time_is_replaced(
+def test_another_hosts_token_accepted_without_keystones_time_is_used_by_our_clock(
     tmp_path: Path, keystone: FakeKeystone
 ) -> None:
-    """No Date header (Keystone under uwsgi alone): how much life is left cannot be told."""
+    """No Date header (Keystone under uwsgi alone): a login would not tell Keystone's time either.
+
+    Logging in anyway cost every node of a multi-node step a login of its own (seen in CI).
+    """
     cache = _cache(tmp_path, keystone)
     _write(cache, _token(80), "node-a", 0.0)
     _answer_with_date(keystone, None)
-    assert _open(tmp_path).token.value != "tok-cached"
-    assert (_validations(keystone), keystone.logins) == (1, 1)
+    assert _open(tmp_path).token.value == "tok-cached"
+    assert (_validations(keystone), keystone.logins) == (1, 0)
 
 
 def test_another_hosts_token_is_used_by_our_clock_when_keystone_cannot_be_asked(
