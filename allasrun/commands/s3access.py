@@ -35,7 +35,7 @@ def keys_for(plan: StagePlan, env: Mapping[str, str], source: Optional[TokenSour
         keys = find_keys(env, Path(env.get("HOME") or Path.home()))
         made = job_s3_keys(env) or (source.run_s3_keys() if keys is None and source is not None else None)
         if made is not None:  # Allas's: made by its Keystone
-            keys = replace(made, endpoint=REMOTES["s3allas"].endpoint)
+            keys = replace(made, endpoint=env.get("AWS_ENDPOINT_URL") or REMOTES["s3allas"].endpoint)
         if keys is None:
             raise NoCredentials(
                 "no S3 keys: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, run 'allas-conf "

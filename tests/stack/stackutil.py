@@ -293,7 +293,11 @@ def ec2_accesses(stack: Stack) -> list[str]:
     """The access ids of the user's EC2 credentials (S3 keys), as Keystone lists them now."""
     listed = subprocess.run(
         ["openstack", "ec2", "credentials", "list", "-f", "value", "-c", "Access"],
-        env={**os.environ, **{k: v for k, v in stack.env.items() if k.startswith("OS_")}},
+        # radosgw's env names its own region for Swift, which has no identity endpoint
+        env={
+            **os.environ,
+            **{k: v for k, v in stack.env.items() if k.startswith("OS_") and k != "OS_REGION_NAME"},
+        },
         capture_output=True,
         text=True,
         timeout=60,
