@@ -10,15 +10,13 @@ Roihu user would: no Keystone at all.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from allasrun.staging.s3 import S3Store
-from bench.staging import THREADS, table, timed
-from tests.stack.stackutil import ALLASRUN, Stack, read_env_file, s3_endpoint
+from bench.staging import THREADS, run_cases, timed
+from tests.stack.stackutil import ALLASRUN, Stack, s3_endpoint
 
 UNSIGNED = "x-amz-content-sha256: UNSIGNED-PAYLOAD"
 
@@ -125,19 +123,8 @@ def one_big(tools: S3Tools, size: int) -> list[tuple[str, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--files", type=int, default=2000)
-    parser.add_argument("--big-mib", type=int, default=1024)
-    args = parser.parse_args()
-    stack = Stack(read_env_file(Path(os.environ["MINI_ALLAS_ENV"])))
-    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as work:
-        tools = S3Tools(stack, Path(work))
-        a = many_files(tools, args.files)
-        b = one_big(tools, args.big_mib * 1024 * 1024)
     peers = "rclone,aws,s5cmd" if shutil.which("s5cmd") else "rclone,aws"
-    print(f"\nS3 endpoint: {stack.backend}")
-    table(f"(a) {args.files} files of 16 KiB over S3, {THREADS} parallel transfers", a, peers, 0.8)
-    table(f"(b) one {args.big_mib} MiB file over S3", b, "curl", 1.5)
+    run_cases(__doc__ or "", S3Tools, many_files, one_big, peers, " over S3")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from tests.stack.stackutil import ALLASRUN, Stack, read_env_file, reference_remote
 
@@ -151,18 +152,35 @@ def table(title: str, rows: list[tuple[str, float]], reference: str, target: flo
                 print(f"| {name} | {seconds:.1f} | {seconds / best:.2f}x of best {reference}{mark} |")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+Rows = list[tuple[str, float]]
+T = TypeVar("T")
+
+
+def run_cases(
+    description: str,
+    make: Callable[[Stack, Path], T],
+    many: Callable[[T, int], Rows],
+    big: Callable[[T, int], Rows],
+    peers: str,
+    over: str = "",
+) -> None:
+    """Both cases with one set of tools in a fresh directory, then their tables (targets 0.8x, 1.5x)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--big-mib", type=int, default=1024)
     args = parser.parse_args()
     stack = Stack(read_env_file(Path(os.environ["MINI_ALLAS_ENV"])))
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as work:
-        tools = Tools(stack, Path(work))
-        a = many_files(tools, args.files)
-        b = one_big(tools, args.big_mib * 1024 * 1024)
-    table(f"(a) {args.files} files of 16 KiB, {THREADS} parallel transfers", a, "rclone,swift", 0.8)
-    table(f"(b) one {args.big_mib} MiB file", b, "curl", 1.5)
+        tools = make(stack, Path(work))
+        a = many(tools, args.files)
+        b = big(tools, args.big_mib * 1024 * 1024)
+    print(f"\nback end: {stack.backend}")
+    table(f"(a) {args.files} files of 16 KiB{over}, {THREADS} parallel transfers", a, peers, 0.8)
+    table(f"(b) one {args.big_mib} MiB file{over}", b, "curl", 1.5)
+
+
+def main() -> None:
+    run_cases(__doc__ or "", Tools, many_files, one_big, "rclone,swift")
 
 
 if __name__ == "__main__":
