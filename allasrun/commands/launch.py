@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import ContextManager, Optional
 
 from allasrun import paths
-from allasrun.auth import S3Keys, Schedule, TokenSource, find_keys
+from allasrun.auth import Schedule, TokenSource
 from allasrun.commands import protocol, s3access
-from allasrun.errors import AllasrunError
 from allasrun.job import (
     ClientFiles,
     Keeper,
@@ -32,9 +31,9 @@ from allasrun.job import (
     resolve,
     step,
 )
-from allasrun.log import hide, log
+from allasrun.log import log
 from allasrun.slurm.facts import node_name
-from allasrun.staging import REMOTES, S3, KeysFor, StagePlan, StagingRun
+from allasrun.staging import KeysFor, StagePlan, StagingRun
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def _lead(
         source.lasting if source else None,
         service.access if service else None,
         env.get("BASH_ENV"),
-        s3=_command_keys(options, env),
+        s3=s3access.command_keys(options.plan, options.s3_keys, env),
         aws_ca_bundle=env.get("AWS_CA_BUNDLE"),
     )
     files.write(source.token if source else None)
@@ -148,30 +147,6 @@ def _lead(
         nodes.commands_done(overdue)  # and shared results come from every node
         final = staging.stage_out(status).exit_status
         return staging.finish(status if final is None else final, status)
-
-
-def _command_keys(options: LaunchOptions, env: Mapping[str, str]) -> Optional[S3Keys]:
-    """The S3 keys the command's clients get, with their endpoint: the plan's first S3 remote's.
-
-    A plan on Swift alone still gives the command the user's own keys for s3allas:, if they
-    name their endpoint (allas-conf writes it; AWS variables alone may well be Amazon's, which
-    the job must keep using there); keys that cannot be read cost a warning, not the job.
-    """
-    s3 = [REMOTES[name] for name in options.plan.remotes if name and REMOTES[name].protocol == S3]
-    if s3 and options.s3_keys is not None:
-        remote, keys = s3[0], options.s3_keys(s3[0])
-    else:
-        remote = REMOTES["s3allas"]
-        try:
-            found = find_keys(env, Path(env.get("HOME") or Path.home()))
-        except AllasrunError as error:
-            log.warning("the command gets no S3 keys: %s", error)
-            return None
-        if found is None or not found.endpoint:
-            return None
-        hide(found.secret)
-        keys = found
-    return replace(keys, endpoint=keys.endpoint or remote.endpoint)
 
 
 def _deadline(plan: StagePlan, env: Mapping[str, str], child: Supervisor) -> Optional[deadline.Deadline]:

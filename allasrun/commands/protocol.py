@@ -9,9 +9,9 @@ those: S3 when the user has S3 keys and no Keystone secret at hand (a Roihu user
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
-from allasrun.auth import find_keys, keystone_at_hand
+from allasrun.auth import keystone_at_hand
+from allasrun.commands import s3access
 from allasrun.staging import REMOTES, S3, SWIFT, StagePlan
 
 
@@ -24,7 +24,7 @@ def decide(plan: StagePlan, env: Mapping[str, str]) -> StagePlan:
 
 def s3_only(env: Mapping[str, str]) -> bool:
     """Whether the user has S3 keys and no Keystone secret at hand (a run on S3 needs no Keystone)."""
-    return not keystone_at_hand(env) and find_keys(env, Path(env.get("HOME") or Path.home())) is not None
+    return not keystone_at_hand(env) and s3access.user_keys(env) is not None
 
 
 def keyless(plan: StagePlan, env: Mapping[str, str]) -> bool:

@@ -16,8 +16,8 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from allasrun.auth import S3Keys, TokenSource, find_keys, job_s3_keys
-from allasrun.errors import BadS3Keys, NoCredentials
-from allasrun.log import hide
+from allasrun.errors import AllasrunError, BadS3Keys, NoCredentials
+from allasrun.log import hide, log
 from allasrun.staging import REMOTES, S3, KeysFor, Remote, StagePlan
 
 
@@ -32,7 +32,7 @@ def keys_for(plan: StagePlan, env: Mapping[str, str], source: Optional[TokenSour
 
     @cache
     def found() -> S3Keys:
-        keys = find_keys(env, Path(env.get("HOME") or Path.home()))
+        keys = user_keys(env)
         made = job_s3_keys(env) or (source.run_s3_keys() if keys is None and source is not None else None)
         if made is not None:  # Allas's: made by its Keystone
             keys = replace(made, endpoint=env.get("AWS_ENDPOINT_URL") or REMOTES["s3allas"].endpoint)
@@ -64,6 +64,35 @@ def keys_for(plan: StagePlan, env: Mapping[str, str], source: Optional[TokenSour
         if REMOTES[name or "allas"].protocol == S3:
             keys(REMOTES[name])
     return keys
+
+
+def command_keys(plan: StagePlan, keys: Optional[KeysFor], env: Mapping[str, str]) -> Optional[S3Keys]:
+    """The S3 keys the command's clients get, with their endpoint: the plan's first S3 remote's.
+
+    A plan on Swift alone still gives the command the user's own keys for s3allas:, if they
+    name their endpoint (allas-conf writes it; AWS variables alone may well be Amazon's, which
+    the job must keep using there); keys that cannot be read cost a warning, not the job.
+    """
+    s3 = [REMOTES[name] for name in plan.remotes if name and REMOTES[name].protocol == S3]
+    if s3 and keys is not None:
+        remote, given = s3[0], keys(s3[0])
+    else:
+        remote = REMOTES["s3allas"]
+        try:
+            found = user_keys(env)
+        except AllasrunError as error:
+            log.warning("the command gets no S3 keys: %s", error)
+            return None
+        if found is None or not found.endpoint:
+            return None
+        hide(found.secret)
+        given = found
+    return replace(given, endpoint=given.endpoint or remote.endpoint)
+
+
+def user_keys(env: Mapping[str, str]) -> Optional[S3Keys]:
+    """The user's own S3 keys, from the home `env` names (the caller's, not this process's)."""
+    return find_keys(env, Path(env.get("HOME") or Path.home()))
 
 
 def _host(url: str) -> str:

@@ -17,8 +17,7 @@ from allasrun import atomicfile
 from allasrun.auth.identity import AppCredential, Target
 from allasrun.auth.s3keys import S3Keys
 from allasrun.auth.token import Token
-from allasrun.commands import launch, s3access
-from allasrun.commands.launch import LaunchOptions
+from allasrun.commands import s3access
 from allasrun.errors import BadS3Keys, LocalFileError
 from allasrun.job.clientfiles import (
     ClientFiles,
@@ -377,8 +376,7 @@ def test_keys_that_would_break_a_config_line_are_refused(tmp_path: Path, keys: S
 
 def _command_keys(env: dict[str, str], plan: Optional[StagePlan] = None) -> Optional[S3Keys]:
     plan = plan or StagePlan()
-    options = LaunchOptions(["true"], plan=plan, s3_keys=s3access.keys_for(plan, env))
-    return launch._command_keys(options, env)
+    return s3access.command_keys(plan, s3access.keys_for(plan, env), env)
 
 
 def test_a_swift_run_gives_the_command_the_users_keys_only_when_they_name_their_endpoint(
