@@ -134,7 +134,10 @@ def check(
     from allasrun.commands import check as check_command
 
     _setup(verbose, quiet)
-    text, status = check_command.run(_plan(script, None, None, None, strict=False), os.environ)
+    from allasrun.staging import jobscript
+
+    plan = _plan(script, None, None, None, strict=False)
+    text, status = check_command.run(plan, os.environ, jobscript.read(str(script)))
     typer.echo(text, nl=False)
     raise typer.Exit(status)
 

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from allasrun.staging.s3 import S3Store
-from bench.staging import THREADS, run_cases, timed
+from bench.staging import THREADS, purge, run_cases, timed
 from tests.stack.stackutil import ALLASRUN, Stack, s3_endpoint
 
 UNSIGNED = "x-amz-content-sha256: UNSIGNED-PAYLOAD"
@@ -47,6 +47,9 @@ class S3Tools:
             "ALLASRUN_CACHE_DIR": str(work / "no-cache"),
         }
         self.store = S3Store(self.endpoint, self.access, self.secret)
+
+    def clean(self) -> None:
+        purge(self.work / "rclone.conf", self.env, ["s3:bench-s3-a", "s3:bench-s3-b"])
 
     def bucket(self, name: str) -> str:
         self.store.ensure_bucket(name)

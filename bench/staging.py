@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from tests.stack.stackutil import ALLASRUN, Stack, read_env_file, reference_remote
 
@@ -65,6 +65,17 @@ class Tools:
 
     def swift(self, *args: str) -> float:
         return timed(["/usr/bin/swift", *args], self.env, self.work)
+
+    def clean(self) -> None:
+        purge(self.rclone_conf, self.env, [f"ref:{b}" for b in ("bench-a", "bench-b", "bench-b_segments")])
+
+
+def purge(config: Path, env: dict[str, str], remotes: Sequence[str]) -> None:
+    """`rclone purge` each of `remotes`; one that is not there is fine."""
+    for remote in remotes:
+        subprocess.run(
+            ["rclone", "--config", str(config), "purge", remote], env=env, check=False, capture_output=True
+        )
 
 
 def many_files(tools: Tools, count: int) -> list[tuple[str, float]]:
@@ -153,7 +164,16 @@ def table(title: str, rows: list[tuple[str, float]], reference: str, target: flo
 
 
 Rows = list[tuple[str, float]]
-T = TypeVar("T")
+
+
+class Cleaned(Protocol):
+    """Tools that can remove what the benchmark stored: the lab's disk is small (10 GiB on radosgw)."""
+
+    def clean(self) -> None:
+        """Delete every bucket the cases wrote to, and what is in it."""
+
+
+T = TypeVar("T", bound=Cleaned)
 
 
 def run_cases(
@@ -172,8 +192,11 @@ def run_cases(
     stack = Stack(read_env_file(Path(os.environ["MINI_ALLAS_ENV"])))
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as work:
         tools = make(stack, Path(work))
-        a = many(tools, args.files)
-        b = big(tools, args.big_mib * 1024 * 1024)
+        try:
+            a = many(tools, args.files)
+            b = big(tools, args.big_mib * 1024 * 1024)
+        finally:
+            tools.clean()
     print(f"\nback end: {stack.backend}")
     table(f"(a) {args.files} files of 16 KiB{over}, {THREADS} parallel transfers", a, peers, 0.8)
     table(f"(b) one {args.big_mib} MiB file{over}", b, "curl", 1.5)

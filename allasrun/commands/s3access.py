@@ -8,6 +8,7 @@ only earn a refusal, after the command has run. The endpoint the keys came with 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from functools import cache
@@ -15,10 +16,17 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-from allasrun.auth import S3Keys, TokenSource, find_keys, job_s3_keys
-from allasrun.errors import AllasrunError, BadS3Keys, NoCredentials
+from allasrun.auth import S3Keys, TokenSource, duration, find_keys, job_s3_keys, utc_text
+from allasrun.errors import AllasrunError, BadS3Keys, NoCredentials, UsageError
 from allasrun.log import hide, log
-from allasrun.staging import REMOTES, S3, KeysFor, Remote, StagePlan
+from allasrun.staging import REMOTES, S3, KeysFor, Remote, StagePlan, parse_moment
+
+KEYS_EXPIRE_VARIABLE = "ALLASRUN_KEYS_EXPIRE"  # when the S3 keys at hand expire, if the script does not say
+UNDECLARED = (
+    "lumi-o: LUMI-O keys cannot be renewed, and allasrun cannot see when yours expire: declare it "
+    "(#ALLAS option keys-expire=2026-12-07T18:00, as auth.lumidata.eu shows it) to be warned "
+    "before a job outlives them"
+)
 
 
 def keys_for(plan: StagePlan, env: Mapping[str, str], source: Optional[TokenSource] = None) -> KeysFor:
@@ -88,6 +96,48 @@ def command_keys(plan: StagePlan, keys: Optional[KeysFor], env: Mapping[str, str
         hide(found.secret)
         given = found
     return replace(given, endpoint=given.endpoint or remote.endpoint)
+
+
+def expiry_warnings(
+    plan: StagePlan, env: Mapping[str, str], limit: Optional[float], queue: float = 0.0
+) -> list[str]:
+    """What to tell the user about S3 keys that may die before the job ends, given its time limit.
+
+    LUMI-O's keys live as long as the hours chosen at auth.lumidata.eu, and no API renews them
+    or even tells their expiry: the user declares it (`#ALLAS option keys-expire=`, else
+    `ALLASRUN_KEYS_EXPIRE`), and a LUMI-O job that declares nothing is told how. A job that
+    starts at once can end at `now + limit` at the latest; one that waits `queue` seconds first,
+    that much later.
+    """
+    if not any(REMOTES[name or "allas"].protocol == S3 for name in plan.remotes):
+        return []
+    expires = plan.settings.keys_expire or _declared(env)
+    if expires is None:
+        return [UNDECLARED] if "lumi-o" in plan.remotes else []
+    left, until = expires - time.time(), utc_text(expires)
+    if left <= 0:
+        return [f"the S3 keys expired at {until} (keys-expire): the job cannot reach its buckets"]
+    if limit is not None and left < limit:
+        return [
+            f"the S3 keys expire at {until}, {duration(left)} from now (keys-expire), before the job's "
+            f"time limit of {duration(limit)} is over even if it starts now: a stage-out after then fails"
+        ]
+    if limit is not None and left < limit + queue:
+        return [
+            f"the S3 keys expire at {until} (keys-expire): the job must start within "
+            f"{duration(left - limit)} to end its time limit of {duration(limit)} before them"
+        ]
+    return []
+
+
+def _declared(env: Mapping[str, str]) -> Optional[float]:
+    text = env.get(KEYS_EXPIRE_VARIABLE, "").strip()
+    if not text:
+        return None
+    try:
+        return parse_moment(text)
+    except ValueError as error:
+        raise UsageError(f"{KEYS_EXPIRE_VARIABLE}: {error}") from None
 
 
 def user_keys(env: Mapping[str, str]) -> Optional[S3Keys]:

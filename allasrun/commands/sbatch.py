@@ -48,6 +48,9 @@ def run(options: SbatchOptions, env: Mapping[str, str]) -> int:
     """Check, prepare credentials, submit; sbatch's exit status."""
     line = sbatchline.split(options.argv)
     script_text, plan = _read(line, env)
+    limit = sbatchline.time_limit(line, script_text or "") or DEFAULT_LIMIT
+    for warning in s3access.expiry_warnings(plan, env, limit, options.queue_hours * 3600):
+        log.warning("%s", warning)
     keyless = protocol.keyless(plan, env)
     source = None if keyless else TokenSource.open(env, project=plan.settings.project)
     with source or contextlib.nullcontext():  # S3 keys made for the look-up are deleted after it

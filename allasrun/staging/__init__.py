@@ -9,7 +9,16 @@ stages nothing starts without it.
 from typing import TYPE_CHECKING, Any
 
 from allasrun.staging import jobscript
-from allasrun.staging.plan import REMOTES, S3, SWIFT, Remote, Settings, StagePlan, parse_segment_size
+from allasrun.staging.plan import (
+    REMOTES,
+    S3,
+    SWIFT,
+    Remote,
+    Settings,
+    StagePlan,
+    parse_moment,
+    parse_segment_size,
+)
 from allasrun.staging.result import StageResult
 from allasrun.staging.run import KeysFor, StagingRun
 from allasrun.staging.transfer import MIB
@@ -31,6 +40,7 @@ __all__ = [
     "StagingRun",
     "jobscript",
     "look_up",
+    "parse_moment",
     "parse_segment_size",
 ]
 

@@ -27,6 +27,7 @@ SETTINGS = (
     "grace",
     "deadline-signal",
     "protocol",
+    "keys-expire",
 )
 _PREFIX = re.compile(r"#ALLAS(\s|$)")
 

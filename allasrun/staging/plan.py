@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import re
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from datetime import datetime
+from typing import Any, Optional
 
 from allasrun.errors import UsageError
 from allasrun.staging.directives import Directive
@@ -82,6 +83,7 @@ class Settings:
     grace: float = 60.0
     deadline_signal: int = signal.SIGTERM
     protocol: Optional[str] = None  # of bare addresses: `#ALLAS option protocol=`, else ALLASRUN_PROTOCOL
+    keys_expire: Optional[float] = None  # when the S3 keys at hand stop working (LUMI-O's do), POSIX seconds
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,15 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * int(1024**power)
 
 
+def parse_moment(text: str) -> float:
+    """`2026-12-07T18:00` (local time), `2026-12-07 18:00Z` or with an offset, as POSIX seconds."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (examples: 2026-12-07T18:00, 2026-12-07T16:00Z)") from None
+    return moment.timestamp()  # a naive time is the local one, as a user reads it off a page
+
+
 def parse_segment_size(text: str) -> int:
     """A segment size, checked now: Swift refuses a segment over 5 GiB only after every retry of it."""
     size = _positive(parse_size(text))
@@ -333,27 +344,9 @@ def _utf8(value: str) -> str:
 def _settings(directive: Directive, words: Sequence[str], settings: Settings) -> Settings:
     for word in words:
         name, _, value = word.partition("=")
+        field_name, parse = _SETTINGS[name]
         try:
-            if name == "project":
-                settings = replace(settings, project=_utf8(value))
-            elif name == "report":
-                settings = replace(settings, report=value)
-            elif name == "segment-size":
-                settings = replace(settings, segment_size=parse_segment_size(value))
-            elif name == "threads":
-                settings = replace(settings, threads=_positive(int(value)))
-            elif name == "retries":
-                settings = replace(settings, retries=_positive(int(value)))
-            elif name == "progress":
-                settings = replace(settings, progress=float(_positive(int(value))))
-            elif name == "stage-out-lead":
-                settings = replace(settings, stage_out_lead=float(_positive(int(value))))
-            elif name == "grace":
-                settings = replace(settings, grace=float(_positive(int(value))))
-            elif name == "protocol":
-                settings = replace(settings, protocol=_protocol(value))
-            else:
-                settings = replace(settings, deadline_signal=_signal(value))
+            settings = replace(settings, **{field_name: parse(value)})
         except ValueError as error:
             raise directive.fail(f"bad value for {name}: {error}") from None
     return settings
@@ -376,6 +369,26 @@ def _positive(number: int) -> int:
     if number <= 0:
         raise ValueError(f"{number} is not a positive number")
     return number
+
+
+def _seconds(value: str) -> float:
+    return float(_positive(int(value)))
+
+
+# `#ALLAS option NAME=VALUE`: the Settings field each NAME sets, and how its value is read
+_SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "project": ("project", _utf8),
+    "report": ("report", str),
+    "segment-size": ("segment_size", parse_segment_size),
+    "threads": ("threads", lambda value: _positive(int(value))),
+    "retries": ("retries", lambda value: _positive(int(value))),
+    "progress": ("progress", _seconds),
+    "stage-out-lead": ("stage_out_lead", _seconds),
+    "grace": ("grace", _seconds),
+    "deadline-signal": ("deadline_signal", _signal),
+    "protocol": ("protocol", _protocol),
+    "keys-expire": ("keys_expire", parse_moment),
+}
 
 
 class _SlurmFacts:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Mapping
@@ -88,6 +89,7 @@ class Transport(Protocol):
         """The reply, or `OSError` / `http.client.HTTPException` if none came."""
 
 
+QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux's
 STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
@@ -125,6 +127,8 @@ class Connections:
     ) -> Reply:
         try:
             connection.request(method, target, body=body, headers=dict(headers))
+            if QUICKACK is not None and connection.sock is not None:
+                connection.sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
             response = connection.getresponse()
         except BaseException:
             connection.close()

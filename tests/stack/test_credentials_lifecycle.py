@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from tests.stack.stackutil import (
     make_bucket,
     rclone,
     s3_endpoint,
+    s3_env,
     user_env,
     wait_for,
 )
@@ -336,3 +338,25 @@ def test_an_s3_job_gets_keys_of_its_own_gone_when_the_wait_ends(
     assert f"deleted S3 keys {access}" in result.stderr
     assert rclone(stack, tmp_path, "cat", f"ref:{bucket}/out.txt").stdout.strip() == access
     assert access not in ec2_accesses(stack) and _records(home) == []
+
+
+def test_a_lumi_o_job_whose_keys_die_before_its_time_limit_is_warned_at_submit(
+    stack: Stack, slurm: Slurm, home: Path, tmp_path: Path, submitted: list[str]
+) -> None:
+    """LUMI-O keys cannot be renewed: sbatch says so before the queue wait, and still submits."""
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    env = {**s3_env(stack, home, keystone=False), **slurm.env}
+    text = (
+        f"#!/bin/bash\n#SBATCH --time=2:00:00\n#ALLAS stage-out out.txt lumi-o:lumi-results/out.txt\n"
+        f"#ALLAS option keys-expire={expires}\ntrue\n"
+    )
+    result = _sbatch(env, tmp_path, "--hold", "--parsable", str(_script(tmp_path, text)))
+    assert result.returncode == 0, result.stderr
+    submitted.append(result.stdout.strip().split(";")[0])
+    assert f"the S3 keys expire at {expires}" in result.stderr
+    assert "before the job's time limit of 2h00m is over even if it starts now" in result.stderr
+    undeclared = _script(tmp_path, text.replace(f"#ALLAS option keys-expire={expires}\n", ""), "plain.sh")
+    again = _sbatch(env, tmp_path, "--hold", "--parsable", str(undeclared))
+    assert again.returncode == 0, again.stderr
+    submitted.append(again.stdout.strip().split(";")[0])
+    assert "LUMI-O keys cannot be renewed, and allasrun cannot see when yours expire" in again.stderr

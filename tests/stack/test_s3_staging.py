@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -134,6 +135,23 @@ def test_object_names_that_escape_are_refused_over_s3_too(
     assert result.returncode == errors.EXIT_STAGE_IN, result.stderr
     assert "escape" in result.stderr or "outside" in result.stderr, result.stderr
     assert not (tmp_path / "ran").exists() and not (tmp_path.parent / "evil.txt").exists()
+
+
+def test_check_warns_of_lumi_o_keys_that_die_before_the_time_limit(
+    stack: Stack, home: Path, tmp_path: Path, bucket: str
+) -> None:
+    """LUMI-O (its address prefix, the lab's S3 behind AWS_ENDPOINT_URL): the inputs are found,
+    and keys declared to expire within the script's time limit are warned of."""
+    put_object(stack, bucket, "in/x.txt", b"x\n")
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    header = f"#SBATCH --time=2:00:00\n#ALLAS stage-in lumi-o:{bucket}/in/x.txt\n"
+    script = job(tmp_path, f"{header}#ALLAS option keys-expire={expires}", "true")
+    result = allasrun(["check", str(script)], s3_env(stack, home, keystone=False), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"stage-in lumi-o:{bucket}/in/x.txt: 1 object(s)" in result.stdout
+    assert f"the S3 keys expire at {expires}" in result.stderr and "time limit of 2h00m" in result.stderr
+    plain = allasrun(["check", str(job(tmp_path, header, "true"))], s3_env(stack, home, keystone=False))
+    assert plain.returncode == 0 and "allasrun cannot see when yours expire" in plain.stderr
 
 
 def test_keys_for_another_endpoint_stop_the_job_before_it_runs(
