@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from allasrun.auth import keystone_at_hand
 from allasrun.commands import s3access
+from allasrun.errors import UsageError
 from allasrun.staging import REMOTES, S3, SWIFT, StagePlan
 
 
@@ -30,6 +31,16 @@ def s3_only(env: Mapping[str, str]) -> bool:
 def keyless(plan: StagePlan, env: Mapping[str, str]) -> bool:
     """Whether this run goes without Keystone: S3 remotes only, and `s3_only`.
 
-    A password prompt would only stop a batch job, so the keys decide.
+    A password prompt would only stop a batch job, so the keys decide. A stage-out that asks
+    for Swift segments (`--large=segments`) needs Keystone: without it, that is said now.
     """
-    return all(REMOTES[name or "allas"].protocol == S3 for name in plan.remotes) and s3_only(env)
+    if not (all(REMOTES[name or "allas"].protocol == S3 for name in plan.remotes) and s3_only(env)):
+        return False
+    for spec in plan.stage_out:
+        if spec.large == "segments":
+            raise UsageError(
+                f"{spec.where}: --large=segments writes Swift segments, which needs Keystone "
+                "credentials (OS_PASSWORD, an application credential, 'allasrun login'); "
+                "only S3 keys are at hand"
+            )
+    return True

@@ -16,6 +16,7 @@ from allasrun.slurm.sbatchline import header_length, lines_of
 
 VERBS = ("stage-in", "stage-out", "option")
 WHEN = ("success", "failure", "always")
+LARGE = ("segments", "multipart")  # the form of a large object over S3: Swift's segments, or S3's parts
 SETTINGS = (
     "project",
     "threads",
@@ -99,7 +100,7 @@ def _check(directive: Directive) -> None:
         _allowed(directive, {"node-local": None})
     elif directive.verb == "stage-out":
         _count(directive, 2, 2, "SOURCE DESTINATION")
-        _allowed(directive, {"when": WHEN, "no-overwrite": None, "node-local": None})
+        _allowed(directive, {"when": WHEN, "no-overwrite": None, "node-local": None, "large": LARGE})
     else:
         _count(directive, 1, len(SETTINGS), "NAME=VALUE ...")
         _allowed(directive, {})

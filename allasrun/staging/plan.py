@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Optional
 
-from allasrun.errors import UsageError
+from allasrun.errors import DirectiveError, UsageError
 from allasrun.staging.directives import Directive
 
 GIB = 1024**3
@@ -131,10 +131,30 @@ class StageOut:
     overwrite: bool = True
     node_local: bool = False  # from node-local scratch: staged out from every node of the job
     remote: str = "allas"  # a name in REMOTES; "" until a bare address's protocol is chosen
+    large: str = ""  # `--large=`: "segments" or "multipart" over S3; "" the form the bucket uses
 
     def address(self, name: Optional[str] = None) -> str:
         """`remote:bucket/name` (the directive's key by default), as reports and messages show it."""
         return address(self.remote, self.bucket, self.key if name is None else name)
+
+    def checked(self) -> StageOut:
+        """The stage-out as it is; a DirectiveError if it asks a remote for a form it cannot write.
+
+        Swift writes no S3 multipart object, and LUMI-O is reached over S3 alone.
+        """
+        if self.large == "segments" and self.remote == "lumi-o":
+            raise DirectiveError(
+                self.where,
+                "--large=segments needs Allas (s3allas:); LUMI-O is reached over S3 alone",
+                f"stage-out {self.source} {self.address()} --large=segments",
+            )
+        if self.large == "multipart" and self.remote and REMOTES[self.remote].protocol == SWIFT:
+            raise DirectiveError(
+                self.where,
+                f"--large=multipart needs an S3 remote (s3allas:); {self.remote}: is Swift",
+                self.source,
+            )
+        return self
 
     def due(self, status: int) -> bool:
         """Whether this stage-out runs after the command exited with `status`."""
@@ -164,7 +184,7 @@ class StagePlan:
         return replace(
             self,
             stage_in=tuple(replace(s, remote=s.remote or remote) for s in self.stage_in),
-            stage_out=tuple(replace(s, remote=s.remote or remote) for s in self.stage_out),
+            stage_out=tuple(replace(s, remote=s.remote or remote).checked() for s in self.stage_out),
         )
 
     def only(self, remote: str) -> StagePlan:
@@ -229,7 +249,8 @@ def build(
                     "no-overwrite" not in directive.options,
                     _node_local(directive, words[0], env),
                     remote,
-                )
+                    directive.options.get("large", ""),
+                ).checked()
             )
         else:
             settings = _settings(directive, words, settings)

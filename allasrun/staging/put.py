@@ -24,7 +24,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Optional
@@ -64,15 +64,31 @@ class Put:
 class Uploader:
     """Stage-out of single files from `workdir`, for the stager that runs them.
 
-    `retry` runs an attempt again after a store's error.
+    `retry` runs an attempt again after a store's error. `swift` gives the same buckets over
+    Swift (Allas serves one namespace both ways): an S3 stage-out then writes a large file as
+    Swift segments and a manifest when the directive asks (`--large=segments`) or, unless it
+    asks for multipart, when the bucket's large objects are segments already (`<bucket>_segments`
+    exists). Each form checks out only under its own protocol (an S3 multipart object read over
+    Swift with md5-N, a Swift one over S3 by its size alone), so a bucket is kept to one.
     """
 
-    def __init__(self, store: Store, settings: Settings, workdir: Path, retry: Retry) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        workdir: Path,
+        retry: Retry,
+        swift: Optional[Callable[[], Store]] = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.workdir = workdir
         self._retry = retry
         self._segment_buckets: set[str] = set()
+        self._swift = swift
+        self._in_swift: Optional[Uploader] = None
+        self._forms: dict[str, bool] = {}  # bucket -> its large objects are Swift segments
+        self._lock = threading.Lock()
 
     def resolve(self, spec: StageOut) -> tuple[list[Put], list[Transfer]]:
         """The local files a stage-out directive names, each with its object name.
@@ -140,6 +156,10 @@ class Uploader:
         """Skip, refuse or upload; what changed while it went is removed again and reported."""
         before = os.fstat(source.fileno())
         size, remote = before.st_size, put.remote
+        swift = self._in_segments(put) if size > self.settings.segment_size else None
+        if swift is not None:
+            self._over_swift(swift, put, source, record)
+            return
         old = self.store.segments(put.spec.bucket, remote) if remote and remote.large else None
         identical = identical_by(source, remote, old, self.settings.segment_size) if remote else ""
         if remote and identical:
@@ -172,6 +192,49 @@ class Uploader:
         record.status, record.bytes, record.md5, record.verified = DONE, size, md5, verified
         if segments or put.segmented:
             self._sweep(put, segments)
+
+    def _in_segments(self, put: Put) -> Optional[Uploader]:
+        """The Swift uploader if this large file goes to its S3 bucket as segments (see the class)."""
+        if not isinstance(self.store, PartStore) or put.spec.large == "multipart":
+            return None
+        if self._swift is None:
+            if put.spec.large == "segments":
+                raise StoreError(
+                    f"{put.spec.where}: --large=segments needs Swift; this run has S3 keys alone"
+                )
+            return None
+        if put.spec.large != "segments" and not self._bucket_in_segments(put.spec, self._swift):
+            return None
+        with self._lock:
+            if self._in_swift is None:
+                self._in_swift = Uploader(self._swift(), self.settings, self.workdir, self._retry)
+            return self._in_swift
+
+    def _bucket_in_segments(self, spec: StageOut, swift: Callable[[], Store]) -> bool:
+        """Whether the bucket's large objects are Swift segments: `<bucket>_segments` exists."""
+        bucket = spec.bucket
+        with self._lock:
+            if bucket not in self._forms:
+                self._forms[bucket] = swift().bucket_exists(f"{bucket}_segments")
+                if self._forms[bucket]:
+                    log.info(
+                        "%s: large files go as Swift segments, the form of the bucket's large objects "
+                        "(%s_segments); --large=multipart to choose S3's",
+                        spec.address(""),
+                        bucket,
+                    )
+            return self._forms[bucket]
+
+    @staticmethod
+    def _over_swift(swift: Uploader, put: Put, source: BinaryIO, record: Transfer) -> None:
+        """The file uploaded as Swift does it, the object looked up over Swift (S3 sees an SLO badly)."""
+        bucket = put.spec.bucket
+        try:
+            listed = {obj.name: obj for obj in swift.store.listing(bucket, put.name)}
+        except BucketMissing:
+            listed = {}
+        segmented = put.name in swift._segmented(bucket, put.name)
+        swift._put_open(Put(put.spec, put.file, put.name, listed.get(put.name), segmented), source, record)
 
     def _upload(self, put: Put, source: BinaryIO, size: int) -> str:
         source.seek(0)

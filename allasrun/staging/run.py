@@ -58,6 +58,7 @@ class StagingRun:
         self._s3_keys = s3_keys
         self._store = store
         self._stagers: dict[str, Stager] = {}
+        self._swift_store: Optional[Store] = None
 
     @staticmethod
     def check_report(plan: StagePlan, workdir: Path) -> None:
@@ -82,8 +83,19 @@ class StagingRun:
         if remote not in self._stagers:
             from allasrun.staging.stager import Stager
 
-            self._stagers[remote] = Stager(self._store_for(remote), self.plan.settings, self.workdir)
+            swift = self._swift if remote == "s3allas" and self._can_swift() else None
+            self._stagers[remote] = Stager(self._store_for(remote), self.plan.settings, self.workdir, swift)
         return self._stagers[remote]
+
+    def _can_swift(self) -> bool:
+        """Whether Allas's buckets can be reached over Swift too: Keystone credentials, a real store."""
+        return self._credentials is not None and self._store is None
+
+    def _swift(self) -> Store:
+        """Allas over Swift, for an S3 stage-out's large files that go as segments (`put.Uploader`)."""
+        if self._swift_store is None:
+            self._swift_store = self._store_for("allas")
+        return self._swift_store
 
     def _store_for(self, remote: str) -> Store:
         """The object store of a remote: Swift through the token, S3 with the keys for it."""

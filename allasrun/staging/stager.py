@@ -46,13 +46,16 @@ class Stager:
     Once a stop signal is seen (`cancelled`), the stager starts nothing more: it is stopped for good.
     """
 
-    def __init__(self, store: Store, settings: Settings, workdir: Path) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, workdir: Path, swift: Optional[Callable[[], Store]] = None
+    ) -> None:
+        """`swift`: the same buckets over Swift, for large files an S3 stage-out writes as segments."""
         self.store = store
         self.settings = settings
         self.workdir = workdir
         self._stop = threading.Event()
         self._fetcher = Fetcher(store, workdir, self._retry, self._stop)
-        self._uploader = Uploader(store, settings, workdir, self._retry)
+        self._uploader = Uploader(store, settings, workdir, self._retry, swift)
 
     # ---------------------------------------------------------------- stage-in
 

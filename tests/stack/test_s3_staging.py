@@ -186,7 +186,7 @@ def test_large_objects_cross_protocols_checked_by_what_the_server_vouches_for(
     writer = job(
         tmp_path,
         f"#ALLAS stage-out slo.bin allas:{bucket}/x/slo.bin\n"
-        f"#ALLAS stage-out mp.bin s3allas:{bucket}/x/mp.bin\n"
+        f"#ALLAS stage-out mp.bin s3allas:{bucket}/x/mp.bin --large=multipart\n"
         "#ALLAS option segment-size=1M report=out.json",
         "true",
     )
@@ -216,6 +216,45 @@ def test_large_objects_cross_protocols_checked_by_what_the_server_vouches_for(
     assert verified[f"s3allas:{bucket}/x/slo.bin"] == "size"
     assert verified[f"allas:{bucket}/x/mp.bin"] in ("md5 per segment", "md5 per part")
     assert "a large object written over Swift (segments), read over S3" in read.stderr
+
+
+def test_an_s3_stage_out_keeps_a_bucket_of_swift_large_objects_to_segments(
+    stack: Stack, home: Path, tmp_path: Path, bucket: str
+) -> None:
+    """A bucket whose large objects are Swift segments (`<bucket>_segments` exists) gets its next
+    large object over S3 as segments too, unless --large=multipart asks for S3's form; read back
+    over Swift by rclone, byte for byte, and skipped as identical by a second run."""
+    make_bucket(stack, f"{bucket}_segments")
+    big = os.urandom(11 * MIB)
+    (tmp_path / "big.bin").write_bytes(big)
+    header = (
+        f"#ALLAS stage-out big.bin s3allas:{bucket}/auto.bin\n"
+        f"#ALLAS stage-out big.bin s3allas:{bucket}/parts.bin --large=multipart\n"
+        "#ALLAS option segment-size=5M report=out.json"
+    )
+    script = job(tmp_path, header, "true")
+    for _ in range(2):
+        result = run(script, s3_env(stack, home))
+        assert result.returncode == 0, result.stderr
+        transfers = json.loads((tmp_path / "out.json").read_text())["transfers"]
+        how = {t["destination"]: (t["status"], t["verified"]) for t in transfers}
+        assert how[f"s3allas:{bucket}/auto.bin"][1] == "md5 per segment"
+        assert how[f"s3allas:{bucket}/parts.bin"][1] == "md5 per part"
+    assert {status for status, _ in how.values()} == {"skipped"}
+    assert f"s3allas:{bucket}/: large files go as Swift segments" in result.stderr
+    assert over_swift(stack, tmp_path, bucket, "") == {"auto.bin": md5(big), "parts.bin": md5(big)}
+    segments = rclone(stack, tmp_path, "lsf", "-R", f"ref:{bucket}_segments/auto.bin/slo/").stdout.split()
+    assert len([s for s in segments if not s.endswith("/")]) == 3  # 11 MiB in 5 MiB segments
+
+
+def test_segments_asked_for_by_a_user_with_s3_keys_alone_stop_before_the_command(
+    stack: Stack, home: Path, tmp_path: Path, bucket: str
+) -> None:
+    script = job(tmp_path, f"#ALLAS stage-out big.bin s3allas:{bucket}/big.bin --large=segments", "touch ran")
+    result = run(script, s3_env(stack, home, keystone=False))
+    assert result.returncode == errors.EXIT_USAGE, result.stderr
+    assert "job.sh:2: --large=segments writes Swift segments, which needs Keystone" in result.stderr
+    assert not (tmp_path / "ran").exists()
 
 
 def test_a_password_user_without_s3_keys_gets_keys_for_the_run_deleted_after_it(

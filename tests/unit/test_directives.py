@@ -310,3 +310,40 @@ def test_bad_remotes_and_protocols_name_the_line(text: str, message: str) -> Non
 def test_a_bad_protocol_variable_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="ALLASRUN_PROTOCOL='ftp': expected swift or s3"):
         plan_of("#ALLAS stage-in b1x/a\n", {**JOB, "ALLASRUN_PROTOCOL": "ftp"})
+
+
+def _out(line: str, env: dict[str, str] | None = None) -> StageOut:
+    return jobscript.plan_of(f"#!/bin/sh\n{line}\ntrue\n", "job.sh", env or {}, strict=False).stage_out[0]
+
+
+def test_large_names_the_form_of_a_large_object_over_s3() -> None:
+    assert _out("#ALLAS stage-out big.bin s3allas:bkt/big.bin --large=segments").large == "segments"
+    assert _out("#ALLAS stage-out big.bin s3allas:bkt/big.bin --large=multipart").large == "multipart"
+    assert _out("#ALLAS stage-out big.bin s3allas:bkt/big.bin").large == ""
+    with pytest.raises(
+        DirectiveError, match=r"job.sh:2: --large must be one of segments, multipart, not 'slo'"
+    ):
+        _out("#ALLAS stage-out big.bin s3allas:bkt/big.bin --large=slo")
+
+
+@pytest.mark.parametrize(
+    ("line", "env", "why"),
+    [
+        ("#ALLAS stage-out big.bin allas:bkt/big.bin --large=multipart", {}, "needs an S3 remote"),
+        (
+            "#ALLAS stage-out big.bin bkt/big.bin --large=multipart",
+            {"ALLASRUN_PROTOCOL": "swift"},
+            "needs an S3 remote",
+        ),
+        (
+            "#ALLAS stage-out big.bin lumi-o:bkt/big.bin --large=segments",
+            {},
+            "LUMI-O is reached over S3 alone",
+        ),
+    ],
+)
+def test_a_form_the_remote_cannot_write_is_refused_naming_the_line(
+    line: str, env: dict[str, str], why: str
+) -> None:
+    with pytest.raises(DirectiveError, match=rf"^job\.sh:2: --large=.*{why}"):
+        _out(line, env)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from allasrun.commands import protocol
-from allasrun.staging.plan import StageIn, StagePlan
+from allasrun.errors import UsageError
+from allasrun.staging.plan import StageIn, StageOut, StagePlan
 
 BARE = StagePlan(stage_in=(StageIn("job.sh:2", "b1x", "a.txt", "./", remote=""),))
 KEYS = {"AWS_ACCESS_KEY_ID": "AKIA1", "AWS_SECRET_ACCESS_KEY": "s3cret"}
@@ -71,3 +72,16 @@ def test_a_run_goes_without_keystone_only_on_s3_with_only_s3_keys(home: dict[str
     assert not protocol.keyless(swift, {**home, **KEYS})  # Swift needs a token
     assert not protocol.keyless(s3, {**home, **KEYS, "OS_PASSWORD": "pw"})  # a token is at hand
     assert not protocol.keyless(s3, home)  # no keys: authentication says what is missing
+
+
+def test_segments_asked_for_by_a_user_with_s3_keys_alone_are_refused_before_the_run(
+    home: dict[str, str],
+) -> None:
+    plan = StagePlan(
+        stage_out=(StageOut("job.sh:4", "big.bin", "b", "big.bin", remote="s3allas", large="segments"),)
+    )
+    with pytest.raises(
+        UsageError, match=r"^job\.sh:4: --large=segments writes Swift segments, which needs Keystone"
+    ):
+        protocol.keyless(plan, {**home, **KEYS})
+    assert not protocol.keyless(plan, {**home, **KEYS, "OS_PASSWORD": "pw"})

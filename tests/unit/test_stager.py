@@ -504,3 +504,61 @@ def test_a_failed_part_aborts_the_multipart_upload(tmp_path: Path, sleeps: list[
     ]
     assert record.status == DONE and sleeps == [1]
     assert store.count("abort") == 1 and store.count("begin") == 2 and not store.uploads
+
+
+def _two_protocols() -> tuple[FakePartStore, FakeStore]:
+    """One bucket namespace seen over S3 (parts) and over Swift (segments), as Allas serves it."""
+    s3, swift = FakePartStore(), FakeStore()
+    swift.buckets = s3.buckets
+    s3.put_object("bkt", "placeholder", b"")
+    return s3, swift
+
+
+def _large_out(s3: FakePartStore, swift: FakeStore, workdir: Path, large: str = "") -> dict[str, Transfer]:
+    settings = Settings(segment_size=1024, progress=3600.0)
+    spec = StageOut("job.sh:3", "results/", "bkt", "run1/", remote="s3allas", large=large)
+    staged = Stager(s3, settings, workdir, swift=lambda: swift).stage_out([spec])
+    return {t.destination: t for t in staged}
+
+
+@pytest.mark.parametrize(
+    ("segments_before", "large", "form"),
+    [
+        (True, "", "md5 per segment"),  # the bucket's large objects are segments: so is this one
+        (False, "", "md5 per part"),  # none: S3's own form
+        (True, "multipart", "md5 per part"),  # asked for
+        (False, "segments", "md5 per segment"),  # asked for
+    ],
+)
+def test_an_s3_stage_out_writes_a_large_file_in_the_buckets_form_or_the_one_asked_for(
+    tmp_path: Path, segments_before: bool, large: str, form: str
+) -> None:
+    s3, swift = _two_protocols()
+    if segments_before:
+        swift.put_object("bkt_segments", "old/slo/1/2/3/00000000", b"x")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/big.bin").write_bytes(BIG)
+    (tmp_path / "results/small.txt").write_bytes(b"small\n")
+    records = _large_out(s3, swift, tmp_path, large)
+    big = records["s3allas:bkt/run1/big.bin"]
+    assert (big.status, big.verified) == (DONE, form)
+    assert s3.content("bkt", "run1/big.bin") == BIG and s3.content("bkt", "run1/small.txt") == b"small\n"
+    assert (swift.count("put_manifest") == 1) == (form == "md5 per segment")
+    assert (s3.count("begin") == 1) == (form == "md5 per part")
+    assert s3.count("upload") >= 1 and swift.count("upload") == (3 if form == "md5 per segment" else 0)
+    again = _large_out(s3, swift, tmp_path, large)
+    assert again["s3allas:bkt/run1/big.bin"].status == SKIPPED  # checked the way it was written
+
+
+def test_segments_asked_for_without_swift_fail_the_file_and_say_why(tmp_path: Path) -> None:
+    s3 = FakePartStore()
+    s3.put_object("bkt", "placeholder", b"")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/big.bin").write_bytes(BIG)
+    spec = StageOut("job.sh:3", "results/", "bkt", "run1/", remote="s3allas", large="segments")
+    settings = Settings(segment_size=1024, progress=3600.0)
+    [record] = Stager(s3, settings, tmp_path).stage_out([spec])
+    assert record.status == FAILED and record.error.endswith(
+        "--large=segments needs Swift; this run has S3 keys alone"
+    )
+    assert s3.count("begin") == 0
