@@ -130,13 +130,16 @@ class S3Store:
         name, size, etag = unquote_plus(_text(row, "Key")), int(_text(row, "Size")), _etag(_text(row, "ETag"))
         if not (etag == EMPTY_MD5 and size > 0):
             return RemoteObject(name, size, etag)
-        head = self._call(f"look up {self.url(bucket, name)}", "HEAD", bucket, name).headers
-        return RemoteObject(name, int(head["content-length"]), _etag(head.get("etag", "")) + OVER_S3)
+        head = self._headers(f"look up {self.url(bucket, name)}", "HEAD", bucket, name)
+        try:
+            return RemoteObject(name, int(head["content-length"]), _etag(head.get("etag", "")) + OVER_S3)
+        except (KeyError, ValueError):
+            raise StoreError(f"cannot look up {self.url(bucket, name)}: the answer has no size") from None
 
     def bucket_exists(self, bucket: str) -> bool:
         """Whether the bucket exists."""
         try:
-            self._call(f"look up {self.url(bucket)}", "HEAD", bucket)
+            self._headers(f"look up {self.url(bucket)}", "HEAD", bucket)
         except StoreError as error:
             if error.http_status == 404:  # a HEAD's answer has no body, so no NoSuchBucket code
                 return False
@@ -148,7 +151,7 @@ class S3Store:
         if self.bucket_exists(bucket):
             return
         try:
-            self._call(f"create {self.url(bucket)}", "PUT", bucket, body=b"")
+            self._headers(f"create {self.url(bucket)}", "PUT", bucket, body=b"")
         except StoreError as error:
             if "BucketAlreadyOwnedByYou" not in str(error):
                 raise
@@ -175,7 +178,7 @@ class S3Store:
     def delete(self, bucket: str, name: str) -> None:
         """Delete one object; a missing one is fine (S3 says so itself, with 204)."""
         try:
-            self._call(f"delete {self.url(bucket, name)}", "DELETE", bucket, name)
+            self._headers(f"delete {self.url(bucket, name)}", "DELETE", bucket, name)
         except StoreError as error:
             if error.http_status != 404:
                 raise
@@ -187,10 +190,7 @@ class S3Store:
     def begin(self, bucket: str, name: str) -> str:
         """Start a multipart upload; its upload id."""
         action = f"start a multipart upload of {self.url(bucket, name)}"
-        answer = _xml(
-            self._call(action, "POST", bucket, name, query={"uploads": ""}, body=b"").content(), action
-        )
-        return _text(answer, "UploadId")
+        return _text(self._ask(action, "POST", bucket, name, query={"uploads": ""}, body=b""), "UploadId")
 
     def upload_part(
         self, bucket: str, name: str, upload_id: str, number: int, source: BinaryIO, length: int
@@ -220,7 +220,7 @@ class S3Store:
             raise _refusal(200, _text(answer, "Code"), {}, action)
         etag = _etag(_text(answer, "ETag"))
         if not etag:
-            etag = _etag(self._call(f"look up {url}", "HEAD", bucket, name).headers.get("etag", ""))
+            etag = _etag(self._headers(f"look up {url}", "HEAD", bucket, name).get("etag", ""))
         if etag != expected:
             raise StoreError(f"{url}: the store reports ETag {etag!r}, the parts read as {expected}")
         return etag
@@ -228,7 +228,7 @@ class S3Store:
     def abort(self, bucket: str, name: str, upload_id: str) -> None:
         """Drop an unfinished multipart upload and its parts; one already gone is fine."""
         try:
-            self._call(
+            self._headers(
                 f"abort the multipart upload of {self.url(bucket, name)}",
                 "DELETE",
                 bucket,
@@ -265,7 +265,7 @@ class S3Store:
             digest = hashlib.md5(data)
             headers["content-md5"] = base64.b64encode(digest.digest()).decode()
             reply = self._call(action, "PUT", bucket, name, query=query, headers=headers, body=data)
-            reply.close()
+            reply.content()
             return digest.hexdigest(), _etag(reply.headers.get("etag", ""))
         stream = _Hashed(source, length)
         if checked:
@@ -274,7 +274,7 @@ class S3Store:
         reply = self._call(
             action, "PUT", bucket, name, query=query, headers=headers, body=stream, again=stream.rewind
         )
-        reply.close()
+        reply.content()
         return stream.md5(), _etag(reply.headers.get("etag", ""))
 
     def _call(
@@ -292,6 +292,21 @@ class S3Store:
         """One request, retried while the failure is transient; `again` rewinds an upload's body."""
         request = partial(self._request, action, method, bucket, name, query, headers, body)
         return retry.call(action, request, store_error, self._retries, again)
+
+    def _headers(
+        self,
+        action: str,
+        method: str,
+        bucket: str,
+        name: str = "",
+        *,
+        query: Optional[Mapping[str, str]] = None,
+        body: Body = None,
+    ) -> dict[str, str]:
+        """A request answered by its status and headers: the body (if any) read, the connection kept."""
+        reply = self._call(action, method, bucket, name, query=query, body=body)
+        reply.content()
+        return reply.headers
 
     def _ask(
         self,

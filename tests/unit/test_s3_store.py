@@ -56,6 +56,7 @@ class FakeServer:
 
     answers: list[tuple[int, dict[str, str], bytes]] = field(default_factory=list)
     sent: list[Sent] = field(default_factory=list)
+    released: int = 0  # replies done with: their connection goes back to the thread
 
     def answer(self, status: int = 200, body: bytes | str = b"", **headers: str) -> None:
         self.answers.append((status, {k.replace("_", "-"): v for k, v in headers.items()}, _bytes(body)))
@@ -69,7 +70,10 @@ class FakeServer:
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         self.sent.append(Sent(method, parts.path, query, {k.lower(): v for k, v in headers.items()}, data))
         status, answer_headers, content = self.answers.pop(0)
-        return Reply(status, answer_headers, io.BytesIO(content))
+        return Reply(status, answer_headers, io.BytesIO(content), self._release)
+
+    def _release(self) -> None:
+        self.released += 1
 
 
 def _bytes(body: bytes | str) -> bytes:
@@ -288,6 +292,25 @@ def test_a_missing_bucket_is_told_by_head_and_by_listing(store: S3Store, server:
     assert not store.bucket_exists("b")
     with pytest.raises(BucketMissing, match=f"{ENDPOINT}/b"):
         store.listing("b", "")
+
+
+def test_every_reply_is_released_so_its_connection_serves_the_next_request(
+    store: S3Store, server: FakeServer
+) -> None:
+    server.answer(200)  # HEAD bucket
+    server.answer(204)  # DELETE
+    server.answer(200, etag=f'"{hashlib.md5(b"abc").hexdigest()}"')  # PUT
+    server.answer(200, _page([("k", 3, hashlib.md5(b"abc").hexdigest())]))
+    server.answer(
+        200, "<InitiateMultipartUploadResult><UploadId>u</UploadId></InitiateMultipartUploadResult>"
+    )
+    server.answer(204)  # abort
+    assert store.bucket_exists("b")
+    store.delete("b", "k")
+    store.upload("b", "k", io.BytesIO(b"abc"), 3)
+    store.listing("b", "")
+    store.abort("b", "k", store.begin("b", "k"))
+    assert server.released == len(server.sent) == 6
 
 
 def test_an_existing_bucket_of_ones_own_is_fine_to_create(store: S3Store, server: FakeServer) -> None:
