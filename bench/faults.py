@@ -132,8 +132,9 @@ def details(run: SoakRun) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for number, kill in enumerate(run.kills, 1):
         after = f"{kill['parts_left']} / {kill['orphans_left']} / {kill['processes_left']}"
+        at = f"{kill['delay']:.2f} s" + (" after stage-in" if kill.get("after_stage_in") else "")
         print(
-            f"| {number} | {kill['delay']:.2f} s | {moment(kill, report['files'])} ({kill['landed']} landed) "
+            f"| {number} | {at} | {moment(kill, report['files'])} ({kill['landed']} landed) "
             f"| {kill['processes']} | {kill['parts']} | {kill['segments']} | {kill['rerun']} | {after} |"
         )
 
