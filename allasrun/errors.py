@@ -4,7 +4,7 @@ Lower modules raise these; the CLI turns any that reaches it into one line and i
 `exit_code`. Staging outcomes are not exceptions: a stage that fails returns 74 or 75 in
 its `StageResult`, because the run goes on (the report is written, the command's status
 logged). Third-party exceptions are mapped to these where they arise: keystoneauth's in
-`auth/keystone.py`, swiftclient's and requests' in `staging/swift.py`.
+`auth/keystone.py`, http.client's in `staging/wire.py` (for both stores).
 
     AllasrunError
     ├── UsageError ─ DirectiveError   2   bad option, input file or #ALLAS line

@@ -2,7 +2,7 @@
 
 Front door: `jobscript` reads a script's plan, `StagingRun` stages one run and decides what
 its outcome means (`StageResult`), `look_up` checks a plan before anything runs. What moves
-bytes (the stager, hashing, threads, swiftclient) is imported on first use, so a run that
+bytes (the stager, hashing, threads, the stores' HTTP) is imported on first use, so a run that
 stages nothing starts without it.
 """
 

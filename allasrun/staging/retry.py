@@ -4,8 +4,8 @@ A request that gets no answer, a server error or throttling (408, 429, and 498, 
 limit; S3's SlowDown) is sent again up to `retries` times, after 1, 2, 4 ... s, or after the
 server's `Retry-After` when that is longer. Any one wait is at most `LONGEST_WAIT`: a server
 asking for an hour must not hold a job past its time limit, so a request gives up after
-`retries` such waits at most and the file is reported instead. The client libraries' own
-retries are off: two layers would multiply the waits, and swiftclient ignores `Retry-After`.
+`retries` such waits at most and the file is reported instead. No other layer retries
+(`wire` resends only a request that a kept-alive connection lost before it could act).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The job side calls three things in order, `stage_in`, `stage_out` and `finish`, and uses
 the exit statuses they return; what is fetched, uploaded, judged and reported is decided
-here. The store (and swiftclient) is built on first use: a run that stages nothing never
+here. The store (and its HTTP) is built on first use: a run that stages nothing never
 imports it.
 
 A stage-out that fails always leaves a report (the one asked for, or `RECORD` in the working

@@ -38,8 +38,6 @@ listed once it is complete).
 from __future__ import annotations
 
 import base64
-import hashlib
-import http.client
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any, BinaryIO, Optional
@@ -48,13 +46,13 @@ from xml.etree import ElementTree
 
 from allasrun.errors import BucketMissing, StoreError
 from allasrun.staging import retry
+from allasrun.staging.payload import IN_MEMORY, Hashed, whole
 from allasrun.staging.retry import RATE_LIMITED, TIMEOUT, retry_after
-from allasrun.staging.store import CHUNK, EMPTY_MD5, OVER_S3, Part, RemoteObject, Segment, multipart_etag
-from allasrun.staging.wire import Body, Connections, Reply, Transport, ca_bundle
+from allasrun.staging.store import EMPTY_MD5, OVER_S3, Part, RemoteObject, Segment, multipart_etag
+from allasrun.staging.wire import Body, Connections, Reply, Transport, ca_bundle, store_error, stream
 
 REGION = "us-east-1"  # Allas, LUMI-O and the lab ignore it, but SigV4 signs one
 PAGE = 1000  # keys per listing page: S3's most
-IN_MEMORY = 8 * CHUNK  # an upload up to this size is read once into memory, MD5 and all
 SMALLEST_PART = 5 * 1024 * 1024  # S3 refuses a smaller part but the last (EntityTooSmall)
 LARGEST_PART = 5 * 1024**3
 MAX_PARTS = 10_000
@@ -100,7 +98,9 @@ class S3Store:
         self._retries = retries
         self._page = page
         self._sign = _signer(access_key, secret_key)
-        self._transport = transport or Connections(self.endpoint, timeout, ca_bundle(self.endpoint))
+        self._transport = transport or Connections(
+            self.endpoint, timeout, ca_bundle(self.endpoint, "AWS_CA_BUNDLE")
+        )
 
     def listing(self, bucket: str, prefix: str) -> list[RemoteObject]:
         """Every object whose name starts with `prefix`, page after page.
@@ -165,7 +165,7 @@ class S3Store:
         action = f"download {self.url(bucket, name)}"
         reply = self._call(action, "GET", bucket, name)
         reply.headers["etag"] = _etag(reply.headers.get("etag", ""))
-        return reply.headers, _stream(reply, action)
+        return reply.headers, stream(reply, action)
 
     def upload(self, bucket: str, name: str, source: BinaryIO, size: int) -> tuple[str, str]:
         """One PUT of `size` bytes from `source` (from its position): the MD5 read and the ETag stored."""
@@ -260,14 +260,12 @@ class S3Store:
         """
         headers = {"content-length": str(length)}
         if length <= IN_MEMORY:
-            data = source.read(length)
-            _short(source, length, len(data))
-            digest = hashlib.md5(data)
-            headers["content-md5"] = base64.b64encode(digest.digest()).decode()
+            data, md5 = whole(source, length)
+            headers["content-md5"] = base64.b64encode(bytes.fromhex(md5)).decode()
             reply = self._call(action, "PUT", bucket, name, query=query, headers=headers, body=data)
             reply.content()
-            return digest.hexdigest(), _etag(reply.headers.get("etag", ""))
-        stream = _Hashed(source, length)
+            return md5, _etag(reply.headers.get("etag", ""))
+        stream = Hashed(source, length)
         if checked:
             stream.digest_ahead()
             headers["content-md5"] = base64.b64encode(stream.digest.digest()).decode()
@@ -351,20 +349,6 @@ class S3Store:
         return reply
 
 
-def store_error(error: Exception, action: str) -> StoreError:
-    """A failure to get an answer as a `StoreError` that says `cannot <action URL>: no answer (why)`.
-
-    Anything else (a bug) is re-raised as it is: it must not pass for a store failure that a
-    retry could cure.
-    """
-    if isinstance(error, StoreError):
-        return error
-    if isinstance(error, (OSError, http.client.HTTPException)):
-        why = str(error) or type(error).__name__
-        return StoreError(f"cannot {action}: no answer ({why})", transient=True)
-    raise error
-
-
 def _refusal(status: int, code: str, headers: Mapping[str, str], action: str) -> StoreError:
     """An S3 error answer by its code: the bucket gone, the keys refused, or a busy server."""
     why = f"HTTP {status} {code}" if code != str(status) else f"HTTP {status}"
@@ -378,17 +362,6 @@ def _refusal(status: int, code: str, headers: Mapping[str, str], action: str) ->
     return StoreError(
         f"cannot {action}: {why}", status, transient=transient, retry_after=retry_after(headers)
     )
-
-
-def _stream(reply: Reply, action: str) -> Iterator[bytes]:
-    """The body in CHUNK pieces; an error while it streams is mapped like the request's."""
-    try:
-        while chunk := reply.read(CHUNK):
-            yield chunk
-    except Exception as error:  # mapped, or re-raised, in one place
-        raise store_error(error, action) from None
-    finally:
-        reply.close()
 
 
 def _xml(content: bytes, action: str) -> ElementTree.Element:
@@ -410,53 +383,6 @@ def _text(element: ElementTree.Element, tag: str) -> str:
 def _etag(value: str) -> str:
     """An ETag without its quotes; a multipart one (`md5-N`) as it is."""
     return value.strip().strip('"')
-
-
-def _short(source: BinaryIO, length: int, got: int) -> None:
-    """A file shorter than it was listed fails before (or instead of) being sent."""
-    if got != length:
-        raise StoreError(f"{getattr(source, 'name', 'the file')} ended {length - got} bytes early")
-
-
-class _Hashed:
-    """`length` bytes of a file from its position, MD5-hashed as http.client reads them to send.
-
-    `digest_ahead` hashes them all first instead (a second read), for a request that must carry
-    its Content-MD5. http.client asks for `blocksize` bytes a read; at least CHUNK are read.
-    """
-
-    def __init__(self, source: BinaryIO, length: int) -> None:
-        self._source, self._start, self._length = source, source.tell(), length
-        self.digest = hashlib.md5()
-        self._ahead = False
-        self.rewind()
-
-    def digest_ahead(self) -> None:
-        while self.read(CHUNK):
-            pass
-        _short(self._source, self._length, self._sent)
-        self._ahead = True
-        self.rewind()
-
-    def rewind(self) -> None:
-        self._source.seek(self._start)
-        self._sent = 0
-        if not self._ahead:
-            self.digest = hashlib.md5()
-
-    def read(self, size: int = -1) -> bytes:
-        left = self._length - self._sent
-        data = self._source.read(left if size < 0 else min(max(size, CHUNK), left))
-        self._sent += len(data)
-        if not self._ahead:
-            self.digest.update(data)
-        if not data and left:
-            _short(self._source, self._length, self._sent)
-        return data
-
-    def md5(self) -> str:
-        _short(self._source, self._length, self._sent)
-        return self.digest.hexdigest()
 
 
 def _signer(access_key: str, secret_key: str) -> Any:

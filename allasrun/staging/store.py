@@ -1,6 +1,6 @@
 """The seam between the stager and an object store: what it asks, and what comes back.
 
-The stager speaks only this protocol. `swift.SwiftStore` implements it over swiftclient,
+The stager speaks only this protocol. `swift.SwiftStore` implements it over `wire` (Swift's API),
 `s3.S3Store` over `wire` with botocore's signer (and `PartStore` too: large objects as multipart
 uploads), the tests' `FakeStore` in memory. Every failure a store reports is a `StoreError`
 (exit 69 if it ever reaches the CLI) that names the URL.

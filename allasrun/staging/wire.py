@@ -29,12 +29,12 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Optional, Protocol, Union
 from urllib.parse import urlsplit
 
-from allasrun.errors import BadCABundle
+from allasrun.errors import BadCABundle, StoreError
 from allasrun.staging.store import CHUNK
 
 
@@ -69,6 +69,7 @@ class Reply:
     headers: dict[str, str]
     body: Readable
     _done: Optional[Callable[[], None]] = field(default=None, repr=False)
+    reason: str = ""  # the status line's words, for messages ("Unprocessable Entity")
 
     def read(self, size: int = CHUNK) -> bytes:
         """Up to `size` bytes of the body; b"" at its end."""
@@ -103,7 +104,14 @@ STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, 
 class Connections:
     """A `Transport` over http.client: one keep-alive connection per thread, per endpoint."""
 
-    def __init__(self, endpoint: str, timeout: tuple[float, float], ca_bundle: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: tuple[float, float],
+        ca_bundle: Optional[str] = None,
+        named: str = "AWS_CA_BUNDLE",
+    ) -> None:
+        """`ca_bundle`: the CA file for https (None: the system's), which variable `named`."""
         parts = urlsplit(endpoint)
         self._https = parts.scheme.lower() == "https"
         self._host, self._port = parts.hostname or "", parts.port
@@ -112,9 +120,7 @@ class Connections:
             self._tls = ssl.create_default_context(cafile=ca_bundle) if self._https else None
         except (OSError, ssl.SSLError) as error:
             why = getattr(error, "strerror", None) or str(error)
-            raise BadCABundle(
-                f"AWS_CA_BUNDLE={ca_bundle}: cannot read it as CA certificates ({why})"
-            ) from None
+            raise BadCABundle(f"{named}={ca_bundle}: cannot read it as CA certificates ({why})") from None
         self._local = threading.local()
 
     def send(self, method: str, target: str, headers: Mapping[str, str], body: Body) -> Reply:
@@ -155,7 +161,7 @@ class Connections:
                 self._local.connection = connection
 
         found = {name.lower(): value for name, value in response.getheaders()}
-        return Reply(response.status, found, response, release)
+        return Reply(response.status, found, response, release, response.reason)
 
     def _connect(self) -> http.client.HTTPConnection:
         connect, _read = self._timeout
@@ -172,8 +178,36 @@ class Connections:
         return connection
 
 
-def ca_bundle(endpoint: str) -> Optional[str]:
-    """The CA file for an https endpoint: `AWS_CA_BUNDLE` (how a site names its CA), else the system's."""
+def store_error(error: Exception, action: str) -> StoreError:
+    """A failure to get an answer as a `StoreError` that says `cannot <action URL>: no answer (why)`.
+
+    Anything else (a bug) is re-raised as it is: it must not pass for a store failure that a
+    retry could cure.
+    """
+    if isinstance(error, StoreError):
+        return error
+    if isinstance(error, (OSError, http.client.HTTPException)):
+        why = str(error) or type(error).__name__
+        return StoreError(f"cannot {action}: no answer ({why})", transient=True)
+    raise error
+
+
+def stream(reply: Reply, action: str) -> Iterator[bytes]:
+    """The body in CHUNK pieces; an error while it streams is mapped like the request's."""
+    try:
+        while chunk := reply.read(CHUNK):
+            yield chunk
+    except Exception as error:  # mapped, or re-raised, in one place
+        raise store_error(error, action) from None
+    finally:
+        reply.close()
+
+
+def ca_bundle(endpoint: str, variable: str) -> Optional[str]:
+    """The CA file for an https endpoint as `variable` names it, else None (the system's).
+
+    How a site names its CA: S3 clients read `AWS_CA_BUNDLE`, OpenStack's `OS_CACERT`.
+    """
     if urlsplit(endpoint).scheme.lower() != "https":
         return None
-    return os.environ.get("AWS_CA_BUNDLE") or None
+    return os.environ.get(variable) or None

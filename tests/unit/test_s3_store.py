@@ -14,10 +14,7 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -34,50 +31,11 @@ from allasrun.staging.s3 import (
     store_error,
 )
 from allasrun.staging.store import CHUNK, Part, RemoteObject, multipart_etag
-from allasrun.staging.wire import Body, Reply
+from tests.unit.fakeserver import FakeServer
 
 ENDPOINT = "http://s3.example:8080"
 SECRET = "very-secret-key"
 URL = f"{ENDPOINT}/b/dir/k.txt"
-
-
-@dataclass
-class Sent:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class FakeServer:
-    """Answers requests from a queue of (status, headers, body), recording what was sent."""
-
-    answers: list[tuple[int, dict[str, str], bytes]] = field(default_factory=list)
-    sent: list[Sent] = field(default_factory=list)
-    released: int = 0  # replies done with: their connection goes back to the thread
-
-    def answer(self, status: int = 200, body: bytes | str = b"", **headers: str) -> None:
-        self.answers.append((status, {k.replace("_", "-"): v for k, v in headers.items()}, _bytes(body)))
-
-    def send(self, method: str, target: str, headers: Mapping[str, str], body: Body) -> Reply:
-        if body is None or isinstance(body, bytes):
-            data = body or b""
-        else:
-            data = b"".join(iter(lambda: body.read(CHUNK), b""))
-        parts = urlsplit(target)
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        self.sent.append(Sent(method, parts.path, query, {k.lower(): v for k, v in headers.items()}, data))
-        status, answer_headers, content = self.answers.pop(0)
-        return Reply(status, answer_headers, io.BytesIO(content), self._release)
-
-    def _release(self) -> None:
-        self.released += 1
-
-
-def _bytes(body: bytes | str) -> bytes:
-    return body.encode() if isinstance(body, str) else body
 
 
 def _error(code: str) -> str:
@@ -370,8 +328,8 @@ def test_the_ca_bundle_is_read_for_https_only(monkeypatch: pytest.MonkeyPatch, t
     from allasrun.staging.wire import ca_bundle
 
     monkeypatch.setenv("AWS_CA_BUNDLE", str(tmp_path / "ca.pem"))
-    assert ca_bundle("https://a3s.fi") == str(tmp_path / "ca.pem")
-    assert ca_bundle(ENDPOINT) is None
+    assert ca_bundle("https://a3s.fi", "AWS_CA_BUNDLE") == str(tmp_path / "ca.pem")
+    assert ca_bundle(ENDPOINT, "AWS_CA_BUNDLE") is None
 
 
 def test_a_ca_bundle_that_cannot_be_read_is_named_before_any_request(
