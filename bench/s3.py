@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from allasrun.staging.s3 import S3Store
-from bench.staging import THREADS, purge, run_cases, timed
+from bench.staging import THREADS, purge, run_cases, tested_code, timed
 from tests.stack.stackutil import ALLASRUN, Stack, s3_endpoint
 
 UNSIGNED = "x-amz-content-sha256: UNSIGNED-PAYLOAD"
@@ -45,6 +45,7 @@ class S3Tools:
             "S3_ENDPOINT_URL": self.endpoint,
             "AWS_CONFIG_FILE": str(work / "aws-config"),
             "ALLASRUN_CACHE_DIR": str(work / "no-cache"),
+            **tested_code(),
         }
         self.store = S3Store(self.endpoint, self.access, self.secret)
 
@@ -127,7 +128,11 @@ def one_big(tools: S3Tools, size: int) -> list[tuple[str, float]]:
 
 def main() -> None:
     peers = "rclone,aws,s5cmd" if shutil.which("s5cmd") else "rclone,aws"
-    run_cases(__doc__ or "", S3Tools, many_files, one_big, peers, " over S3")
+    targets = (
+        {"upload": (peers, 0.8), "download": (peers, 0.8)},
+        {"upload": ("curl", 1.5), "download": ("curl", 1.5)},
+    )
+    run_cases(__doc__ or "", S3Tools, many_files, one_big, targets, " over S3")
 
 
 if __name__ == "__main__":
