@@ -23,7 +23,8 @@ from urllib.parse import urlparse
 import pytest
 
 from allasrun.errors import BucketMissing, StoreError
-from allasrun.staging.s3 import IN_MEMORY, SMALLEST_PART, S3Store
+from allasrun.staging.payload import IN_MEMORY
+from allasrun.staging.s3 import SMALLEST_PART, S3Store
 from allasrun.staging.store import Part, multipart_etag
 from tests.stack.stackutil import Stack, s3_endpoint
 from tests.stack.test_faults_swift import FaultRelay

@@ -20,17 +20,17 @@ import pytest
 
 from allasrun.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, BadCABundle, BucketMissing, StoreError
 from allasrun.staging import s3
+from allasrun.staging.payload import IN_MEMORY
 from allasrun.staging.s3 import (
-    IN_MEMORY,
     LARGEST_PART,
     MAX_PARTS,
     SMALLEST_PART,
     S3Store,
     _refusal,
     part_size,
-    store_error,
 )
 from allasrun.staging.store import CHUNK, Part, RemoteObject, multipart_etag
+from allasrun.staging.wire import store_error
 from tests.unit.fakeserver import FakeServer
 
 ENDPOINT = "http://s3.example:8080"
