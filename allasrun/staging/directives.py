@@ -29,6 +29,7 @@ SETTINGS = (
     "deadline-signal",
     "protocol",
     "keys-expire",
+    "bundles",
 )
 _PREFIX = re.compile(r"#ALLAS(\s|$)")
 

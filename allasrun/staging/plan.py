@@ -84,6 +84,7 @@ class Settings:
     deadline_signal: int = signal.SIGTERM
     protocol: Optional[str] = None  # of bare addresses: `#ALLAS option protocol=`, else ALLASRUN_PROTOCOL
     keys_expire: Optional[float] = None  # when the S3 keys at hand stop working (LUMI-O's do), POSIX seconds
+    bundles: bool = True  # small files out in tar bundles, where the store unpacks them (staging/bundle.py)
 
 
 @dataclass(frozen=True)
@@ -392,6 +393,14 @@ def _positive(number: int) -> int:
     return number
 
 
+def _yes_no(value: str) -> bool:
+    if value.lower() in ("yes", "on", "true"):
+        return True
+    if value.lower() in ("no", "off", "false"):
+        return False
+    raise ValueError(f"{value!r} is not yes or no")
+
+
 def _seconds(value: str) -> float:
     return float(_positive(int(value)))
 
@@ -409,6 +418,7 @@ _SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "deadline-signal": ("deadline_signal", _signal),
     "protocol": ("protocol", _protocol),
     "keys-expire": ("keys_expire", parse_moment),
+    "bundles": ("bundles", _yes_no),
 }
 
 

@@ -161,15 +161,7 @@ class Uploader:
             self._over_swift(swift, put, source, record)
             return
         old = self.store.segments(put.spec.bucket, remote) if remote and remote.large else None
-        identical = identical_by(source, remote, old, self.settings.segment_size) if remote else ""
-        if remote and identical:
-            record.status, record.md5, record.verified = SKIPPED, remote.md5, identical
-            if remote.slo or put.segmented:
-                self._sweep(put, old or [])
-            return
-        if remote and not put.spec.overwrite:
-            record.status = REFUSED
-            record.error = f"{record.destination} exists and differs; not replaced (--no-overwrite)"
+        if self.settled(put, source, record, old):
             return
         segments: list[Segment] = []
         store, verified = self.store, MD5
@@ -183,15 +175,38 @@ class Uploader:
             md5 = self._retry(lambda: self._upload(put, source, size))
         if remote and remote.slo:  # the replaced SLO's segments, whatever replaced it; a DLO's
             self._delete_segments(old)  # prefix is not known to hold its segments alone
-        changed = _changed(put.file, before, source)
-        if changed:  # what landed may be a torn read: it goes, and the file is reported
+        moved = changed(put.file, before, source)
+        if moved:  # what landed may be a torn read: it goes, and the file is reported
             self.store.delete(put.spec.bucket, put.name)
             self._delete_segments(segments)
-            record.status, record.error = changed
+            record.status, record.error = moved
             return
         record.status, record.bytes, record.md5, record.verified = DONE, size, md5, verified
         if segments or put.segmented:
             self._sweep(put, segments)
+
+    def settled(
+        self, put: Put, source: BinaryIO, record: Transfer, old: Optional[list[Segment]] = None
+    ) -> bool:
+        """Whether the file needs no upload, its record filled in: SKIPPED or REFUSED.
+
+        Identical to its object (and its orphaned segments swept: `old` are the object's), or
+        protected by `--no-overwrite`.
+        """
+        remote = put.remote
+        if remote is None:
+            return False
+        identical = identical_by(source, remote, old, self.settings.segment_size)
+        if identical:
+            record.status, record.md5, record.verified = SKIPPED, remote.md5, identical
+            if remote.slo or put.segmented:
+                self._sweep(put, old or [])
+            return True
+        if not put.spec.overwrite:
+            record.status = REFUSED
+            record.error = f"{record.destination} exists and differs; not replaced (--no-overwrite)"
+            return True
+        return False
 
     def _in_segments(self, put: Put) -> Optional[Uploader]:
         """The Swift uploader if this large file goes to its S3 bucket as segments (see the class)."""
@@ -468,7 +483,7 @@ def _segment_step(file: LocalFile, size: int, wanted: int) -> int:
     return needed
 
 
-def _changed(file: LocalFile, before: os.stat_result, source: BinaryIO) -> Optional[tuple[str, str]]:
+def changed(file: LocalFile, before: os.stat_result, source: BinaryIO) -> Optional[tuple[str, str]]:
     """Status and reason if the bytes sent may not be the file's: it changed, was replaced or vanished.
 
     Whether its name still leads to the open file (an unlink or a rename over it changes its

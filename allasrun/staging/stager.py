@@ -16,15 +16,16 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO, Optional, TypeVar
+from typing import BinaryIO, Optional, TypeVar, cast
 
 from allasrun.errors import AllasrunError, BucketMissing, Corrupt, StoreError
 from allasrun.log import log
+from allasrun.staging.bundle import Bundler, bundles
 from allasrun.staging.fetch import Fetch, Fetcher, fetch_record, spec_record
 from allasrun.staging.plan import Settings, StageIn, StageOut
 from allasrun.staging.progress import Progress
 from allasrun.staging.put import Put, Uploader, listed_size, put_record
-from allasrun.staging.store import RemoteObject, Segment, Store
+from allasrun.staging.store import BulkStore, RemoteObject, Segment, Store
 from allasrun.staging.transfer import CANCELLED, FAILED, Interrupted, Transfer
 from allasrun.staging.workers import POLL, Workers
 
@@ -85,8 +86,12 @@ class Stager:
         if records:
             return records
         total = sum(f.obj.size for f in fetches)
-        jobs = [(fetch_record(f), partial(self._fetcher.fetch, f)) for f in fetches]
-        return self._run("stage-in", jobs, total, cancelled)
+        return self._run(
+            "stage-in",
+            [_single(fetch_record(f), partial(self._fetcher.fetch, f)) for f in fetches],
+            total,
+            cancelled,
+        )
 
     # ---------------------------------------------------------------- stage-out
 
@@ -116,8 +121,20 @@ class Stager:
             puts += found
             records += problems
         total = sum(listed_size(p.file) for p in puts)
-        jobs = [(put_record(p), partial(self._uploader.put, p)) for p in puts]
-        return records + self._run("stage-out", jobs, total, lambda: False)
+        grouped, alone = bundles(self.store, puts, self.settings.threads, self.settings.bundles)
+        tasks = [_single(put_record(p), partial(self._uploader.put, p)) for p in alone]
+        bundler = Bundler(cast(BulkStore, self.store), self._uploader, self._put_alone)
+        for group in grouped:
+            members = [put_record(p) for p in group]
+            tasks.append((members, partial(_bundled, bundler, group, members)))
+        records += self._run("stage-out", tasks, total, lambda: False)
+        if bundler.bundles:
+            log.info("stage-out: %d small file(s) went in %d tar bundle(s)", bundler.files, bundler.bundles)
+        return records
+
+    def _put_alone(self, put: Put, record: Transfer) -> None:
+        """One file of a bundle sent alone (`bundle.Single`)."""
+        _timed(partial(self._uploader.put, put), record)
 
     def _unreachable(self, spec: StageOut, error: StoreError) -> tuple[list[Put], list[Transfer]]:
         """The store failed before any upload: every file of the directive is named as FAILED.
@@ -150,33 +167,31 @@ class Stager:
         raise AssertionError("unreachable")
 
     def _run(
-        self,
-        label: str,
-        jobs: Sequence[tuple[Transfer, Callable[[Transfer], None]]],
-        total: int,
-        cancelled: Callable[[], bool],
+        self, label: str, tasks: Sequence[Task], total: int, cancelled: Callable[[], bool]
     ) -> list[Transfer]:
-        """Run the jobs on `threads` threads, showing progress; stop at once if cancelled.
+        """Run the tasks on `threads` threads, showing progress; stop at once if cancelled.
 
-        Each job fills in its own record; whatever it raises fails that record alone. A job not
-        done when the run stops is CANCELLED (a copy of its record: an abandoned thread may
-        still write to the original).
+        Each task fills in its own records (one file's, or a bundle's); whatever it raises fails
+        its records alone. A task not done when the run stops is CANCELLED (copies of its
+        records: an abandoned thread may still write to the originals).
         """
-        progress = Progress(label, len(jobs), total, self.settings.progress)
+        progress = Progress(label, sum(len(records) for records, _ in tasks), total, self.settings.progress)
         results: list[Transfer] = []
 
-        def done(record: Transfer) -> None:
-            results.append(record)
-            progress.advance(record)
+        def done(records: Sequence[Transfer]) -> None:
+            for record in records:
+                results.append(record)
+                progress.advance(record)
 
         try:
-            self._gather((partial(_timed, job, record) for record, job in jobs), cancelled, done)
+            self._gather((partial(_finished, call, records) for records, call in tasks), cancelled, done)
         finally:
             progress.close()
         reported = {id(record) for record in results}
         return results + [
             replace(record, status=CANCELLED, error=INTERRUPTED)
-            for record, _ in jobs
+            for records, _ in tasks
+            for record in records
             if id(record) not in reported
         ]
 
@@ -270,6 +285,37 @@ class _Unlisted:
 
     def delete(self, bucket: str, name: str) -> None:
         raise self.error
+
+
+Task = tuple[Sequence[Transfer], Callable[[], object]]  # records, and the call that fills them in
+
+
+def _single(record: Transfer, job: Callable[[Transfer], None]) -> Task:
+    """The task of one file or object."""
+    return [record], partial(_timed, job, record)
+
+
+def _finished(call: Callable[[], object], records: Sequence[Transfer]) -> Sequence[Transfer]:
+    call()
+    return records
+
+
+def _bundled(bundler: Bundler, puts: Sequence[Put], records: Sequence[Transfer]) -> None:
+    """A bundle's task: its files sent (`Bundler.send`), each timed by the bundle unless sent alone.
+
+    Whatever escapes the bundler fails the records it had not filled in (a bug, not a store's
+    failure: those it handles file by file).
+    """
+    started = time.monotonic()
+    try:
+        bundler.send(puts, records)
+    except Exception as error:  # a bug fails these files, not the run
+        log.debug("a bundle of %d file(s) failed unexpectedly", len(records), exc_info=True)
+        for record in records:
+            if record.status == FAILED and not record.error:
+                record.error = f"unexpected error: {error!r}"
+    for record in records:
+        record.seconds = record.seconds or round(time.monotonic() - started, 3)
 
 
 def _timed(job: Callable[[Transfer], None], record: Transfer) -> Transfer:

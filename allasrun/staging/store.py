@@ -59,6 +59,21 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Extracted:
+    """A server's answer to a tar bundle (`BulkStore.extract`).
+
+    `unpacked`: the server unpacked it at all (a server without the bulk middleware takes the
+    request for a container update and stores nothing). `status`: the bundle's own status line
+    (`201 Created`, `400 Bad Request` when some members failed); `failed`: those members, by
+    object name, with the server's status for each.
+    """
+
+    unpacked: bool
+    status: str
+    failed: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Part:
     """One uploaded part of an S3 multipart upload: its number (from 1), size, MD5 read, ETag stored."""
 
@@ -159,4 +174,17 @@ class PartStore(Protocol):
 
     def abort(self, bucket: str, name: str, upload_id: str) -> None:
         """Drop an unfinished upload and its parts."""
+        ...
+
+
+@runtime_checkable
+class BulkStore(Protocol):
+    """A store that unpacks a tar into objects in one request (Swift's bulk middleware, radosgw)."""
+
+    def extract(self, bucket: str, base: str, archive: bytes) -> Extracted:
+        """Store each member of the tar as `base` + its name in `bucket` (container level only)."""
+        ...
+
+    def listing_between(self, bucket: str, first: str, last: str) -> list[RemoteObject]:
+        """The objects named from `first` to `last` (inclusive, in name order): a bundle's, to verify."""
         ...

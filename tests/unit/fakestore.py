@@ -17,13 +17,15 @@ logged as (method, bucket, name).
 from __future__ import annotations
 
 import hashlib
+import io
+import tarfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Optional
 
 from allasrun.errors import BucketMissing, StoreError
-from allasrun.staging.store import Part, RemoteObject, Segment, multipart_etag, slo_etag
+from allasrun.staging.store import Extracted, Part, RemoteObject, Segment, multipart_etag, slo_etag
 
 
 def md5(data: bytes) -> str:
@@ -126,13 +128,17 @@ class FakeStore:
 
     def listing(self, bucket: str, prefix: str) -> list[RemoteObject]:
         self._enter("listing", bucket, prefix)
+        return self._rows(bucket, lambda name: name.startswith(prefix))
+
+    def _rows(self, bucket: str, wanted: Callable[[str], bool]) -> list[RemoteObject]:
+        """The listing of the objects whose names are wanted, in name order."""
         with self._lock:
             if bucket not in self.buckets:
                 raise BucketMissing(f"bucket {bucket!r} does not exist")
             return [
                 self._listed(name, stored)
                 for name, stored in sorted(self.buckets[bucket].items())
-                if name.startswith(prefix)
+                if wanted(name)
             ]
 
     def bucket_exists(self, bucket: str) -> bool:
@@ -175,13 +181,7 @@ class FakeStore:
         data = source.read(size)
         if len(data) != size:
             raise StoreError(f"cannot upload {bucket}/{name}: sent {len(data)} of {size} bytes")
-        with self._lock:
-            if bucket not in self.buckets:
-                raise StoreError(f"cannot upload {bucket}/{name}: HTTP 404 Not Found", 404)
-            wrong = any(name.startswith(start) for start in self.bad_etag)
-            etag = md5(b"stored wrong") if wrong else md5(data)
-            self.buckets[bucket][name] = Stored(data, etag)
-        return md5(data), etag
+        return md5(data), self._keep(bucket, name, data)
 
     def put_manifest(self, bucket: str, name: str, segments: list[Segment]) -> None:
         self._enter("put_manifest", bucket, name)
@@ -210,6 +210,16 @@ class FakeStore:
             error = queued.pop(0) if queued else None
         if error is not None:
             raise error
+
+    def _keep(self, bucket: str, name: str, data: bytes) -> str:
+        """Store an uploaded object (a wrong ETag for a name in `bad_etag`); its ETag."""
+        with self._lock:
+            if bucket not in self.buckets:
+                raise StoreError(f"cannot upload {bucket}/{name}: HTTP 404 Not Found", 404)
+            wrong = any(name.startswith(start) for start in self.bad_etag)
+            etag = md5(b"stored wrong") if wrong else md5(data)
+            self.buckets[bucket][name] = Stored(data, etag)
+        return etag
 
     def _stored(self, bucket: str, name: str) -> Stored:
         stored = self.buckets.get(bucket, {}).get(name)
@@ -280,3 +290,45 @@ class FakePartStore(FakeStore):
         self._enter("abort", bucket, name)
         with self._lock:
             self.uploads.pop(upload_id, None)
+
+
+class FakeBulkStore(FakeStore):
+    """A FakeStore that unpacks tar bundles as Swift's bulk middleware and radosgw do (a `BulkStore`).
+
+    Faults, by object name: members it refuses (`refuse`), drops without a word (`drop`), or
+    stores with their last byte cut (`mangle`); and a server without the middleware (`unpacks`
+    False: the body ignored).
+    """
+
+    def __init__(self, chunk: int = 700) -> None:
+        super().__init__(chunk)
+        self.refuse: set[str] = set()
+        self.drop: set[str] = set()
+        self.mangle: set[str] = set()
+        self.unpacks = True
+        self.members: list[list[str]] = []  # each bundle's object names, as the server read them
+
+    def extract(self, bucket: str, base: str, archive: bytes) -> Extracted:
+        self._enter("extract", bucket, base)
+        if not self.unpacks:
+            return Extracted(False, "202 Accepted", {})
+        failed: dict[str, str] = {}
+        names: list[str] = []
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+            for info in tar:
+                name = base + info.name
+                names.append(name)
+                reader = tar.extractfile(info)
+                data = reader.read() if reader is not None else b""
+                if name in self.refuse:
+                    failed[name] = "400 Bad Request"
+                elif name not in self.drop:
+                    self._keep(bucket, name, data[:-1] if name in self.mangle else data)
+        with self._lock:
+            self.members.append(names)
+        status = "400 Bad Request" if failed else "201 Created"
+        return Extracted(True, status, failed)
+
+    def listing_between(self, bucket: str, first: str, last: str) -> list[RemoteObject]:
+        self._enter("listing_between", bucket, first)
+        return self._rows(bucket, lambda name: first <= name <= last)

@@ -322,3 +322,44 @@ def test_a_throttled_upload_is_sent_again_from_its_start(server: FakeServer, wai
     server.answer(201, etag=digest)
     assert store(server).upload("b", "x", io.BytesIO(data), len(data)) == (digest, digest)
     assert [s.body for s in server.sent] == [data, data] and waits == [2.0]
+
+
+def test_a_bundle_goes_to_the_container_below_its_folder_and_its_errors_are_read(server: FakeServer) -> None:
+    answer = {
+        "Number Files Created": 1,
+        "Response Status": "400 Bad Request",
+        "Errors": [["/b/run%201/x%C3%A4.txt", "400 Bad Request"], ["/v1/AUTH_p/b/run 1/y", "413 Too Large"]],
+    }
+    server.answer(200, "   \n" + json.dumps(answer))  # Swift's bulk sends spaces while it works
+    extracted = store(server).extract("b", "run 1/", b"TAR")
+    sent = server.sent[0]
+    assert (sent.method, sent.path, sent.query, sent.body) == (
+        "PUT",
+        f"{PATH}/b/run%201",
+        {"extract-archive": "tar"},
+        b"TAR",
+    )
+    assert sent.headers["accept"] == "application/json" and sent.headers["content-length"] == "3"
+    assert extracted.unpacked and extracted.status == "400 Bad Request"
+    assert extracted.failed == {"run 1/xä.txt": "400 Bad Request", "run 1/y": "413 Too Large"}
+
+
+def test_a_bundle_answered_without_bulks_json_was_not_unpacked(server: FakeServer) -> None:
+    server.answer(202, "<html><h1>Accepted</h1></html>")
+    extracted = store(server).extract("b", "", bytes(1024))
+    assert server.sent[0].path == f"{PATH}/b" and not extracted.unpacked
+    assert extracted.status == "202 Accepted" and extracted.failed == {}
+
+
+def test_a_bundles_listing_starts_before_its_first_name_and_stops_past_its_last(server: FakeServer) -> None:
+    rows(server, *({"name": f"run/f{n}", "bytes": 1, "hash": "a" * 32} for n in (2, 3, 4)))
+    rows(
+        server,
+        {"name": "run/f5", "bytes": 1, "hash": "a" * 32},
+        {"name": "run/g", "bytes": 1, "hash": "a" * 32},
+    )
+    found = store(server, page=3).listing_between("b", "run/f3", "run/f5")
+    assert [obj.name for obj in found] == ["run/f3", "run/f4", "run/f5"]
+    first, second = server.sent
+    assert (first.query["prefix"], first.query["marker"]) == ("run/f", "run/f")
+    assert second.query["marker"] == "run/f4"
