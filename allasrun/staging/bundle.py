@@ -8,20 +8,24 @@ Never the account-level form (`PUT <account>?extract-archive`): radosgw 16.2 cra
 
 What goes into a bundle (`bundles`): a file of at most SMALL bytes whose object would not
 replace a large object and whose name has no segments to sweep, over a store that unpacks
-(`BulkStore`), unless `#ALLAS option bundles=no`. At send time (`Bundler.send`), a file that is
-identical to its object is skipped and one that `--no-overwrite` protects is refused, as one by
-one; a name the tar cannot carry goes alone: radosgw reads only the 100-byte name field of a
-plain ustar header (no prefix field, no pax or GNU long names; given a pax name it stores the
-member under the name cut to 100 bytes, measured on the lab), so a member's name below the
-bundle's common folder must fit in 100 bytes and have no empty, `.` or `..` part.
+(`BulkStore`), unless `#ALLAS option bundles=no`; grouped per bucket in name order, at least one
+bundle per thread. Before the first bundle the server is asked once whether it unpacks at all
+(`Bundler._offered`: an empty tar sent to the container), since a server without the middleware
+would store a bundle sent below a folder as one object named after the folder. At send time
+(`Bundler.send`), a file identical to its object is skipped and one that `--no-overwrite`
+protects is refused, as one by one; a name the tar cannot carry goes alone (`member_problem`):
+radosgw reads only the 100-byte name field of a plain ustar header (no prefix field, no pax or
+GNU long names; given a pax name it stores the member under the name cut to 100 bytes), and it
+stores members whose whole name is over the 1,024 bytes a request may name, objects no request
+could read (both measured on the lab).
 
 How each file is verified: the server's per-member errors, then one listing of the bundle's
 names (`listing_between`): its object must be listed with the file's size and the MD5 read
-while the tar was built. A file that is not (refused by the server, missing, or listed
-otherwise), every file of a bundle that was not answered, and every file when the server did
-not unpack at all (the body ignored by a server without the middleware: bundling then stops
-for the run) is sent again alone, by a PUT the server checks against its MD5; the reason is
-logged. A file that changed while it was read goes alone too, where the usual check reports it.
+while the tar was built. A file that is not (refused by the server, say over a container quota,
+missing, or listed otherwise), every file of a bundle that failed as a whole, and every file
+once the server is known not to unpack is sent again alone, by a PUT the server checks against
+its MD5; the reason is logged. A file that changed while it was read goes alone too, where the
+usual check reports it.
 """
 
 from __future__ import annotations
@@ -40,13 +44,15 @@ from allasrun.staging.payload import whole
 from allasrun.staging.put import Put, Uploader, changed, listed_size
 from allasrun.staging.select import common_prefix, open_inside
 from allasrun.staging.store import BulkStore, Store
-from allasrun.staging.transfer import DONE, FAILED, Transfer
+from allasrun.staging.transfer import DONE, Transfer
 from allasrun.staging.verify import MD5
 
 SMALL = 256 * 1024  # bytes: a file up to this size goes in a bundle; a larger one gains little
 BUNDLE_BYTES = 4 * 1024 * 1024  # of tar per bundle: it is built in memory, one per thread
 BUNDLE_FILES = 1000  # files per bundle at most (Swift's bulk gives up after 1,000 failures)
+BUNDLE_LEAST = 4  # files per bundle at least: a bundle costs two requests (the tar, its listing)
 NAME_FIELD = 100  # bytes of a ustar header's name: all radosgw reads of a member's name
+MAX_NAME = 1024  # bytes of an object name: the most Swift and radosgw take in a request
 HEADER = 512  # bytes of a member's header; its data is padded to a multiple of it
 EMPTY_TAR = bytes(2 * HEADER)  # a tar's end: two zero blocks, and nothing before them
 
@@ -58,8 +64,9 @@ def bundles(
 ) -> tuple[list[list[Put]], list[Put]]:
     """The puts that go in bundles, grouped, and the rest, which go one by one.
 
-    Bundles hold files of one bucket in name order, as many bundles as threads at least (so
-    that all of them send), each at most BUNDLE_FILES files and about BUNDLE_BYTES of tar.
+    Bundles hold files of one bucket in name order, one per thread where each gets BUNDLE_LEAST
+    files (so that all threads send), more where BUNDLE_FILES files or BUNDLE_BYTES of tar would
+    be passed; fewer than BUNDLE_LEAST small files of a bucket go alone.
     """
     if not enabled or not isinstance(store, BulkStore):
         return [], list(puts)
@@ -75,17 +82,23 @@ def bundles(
     for found in small.values():
         found.sort(key=lambda item: item[0].name)
         tar = sum(_tar_size(size) for _, size in found)
-        count = max(threads, -(-tar // BUNDLE_BYTES), -(-len(found) // BUNDLE_FILES))
+        if len(found) < BUNDLE_LEAST:
+            alone += [put for put, _ in found]
+            continue
+        count = max(
+            min(threads, len(found) // BUNDLE_LEAST), -(-tar // BUNDLE_BYTES), -(-len(found) // BUNDLE_FILES)
+        )
+        made: list[list[Put]] = []
         group: list[Put] = []
         held = 0
         for index, (put, size) in enumerate(found):
-            even = len(groups) + 1 < count and index * count >= (len(groups) + 1) * len(found)
+            even = len(made) + 1 < count and index * count >= (len(made) + 1) * len(found)
             if group and (even or held + _tar_size(size) > BUNDLE_BYTES):
-                groups.append(group)
+                made.append(group)
                 group, held = [], 0
             group.append(put)
             held += _tar_size(size)
-        groups.append(group)
+        groups += [*made, group]
     alone += [group[0] for group in groups if len(group) == 1]
     return [group for group in groups if len(group) > 1], alone
 
@@ -95,8 +108,16 @@ def _tar_size(size: int) -> int:
     return HEADER + -(-size // HEADER) * HEADER
 
 
-def member_problem(member: str) -> str:
-    """Why a name (below the bundle's folder) cannot go in a bundle as radosgw reads it; "" if it can."""
+def member_problem(name: str, base: str) -> str:
+    """Why an object name cannot go in a bundle below the folder `base`; "" if it can.
+
+    radosgw reads a member's name from the tar header's 100-byte field alone, and stores a
+    member whose whole name is over the 1,024 bytes a request may name: an object no request
+    could then read. Such names go alone, where the server's own checks answer them.
+    """
+    member = name[len(base) :]
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
+        return f"its name is over the {MAX_NAME} bytes an object name may have"
     if len(member.encode("utf-8", "surrogateescape")) > NAME_FIELD:
         return f"its name below the bundle's folder is over the {NAME_FIELD} bytes a tar bundle carries"
     if any(part in ("", ".", "..") for part in member.split("/")) or "\0" in member:
@@ -188,22 +209,22 @@ class Bundler:
     def _read(self, put: Put, record: Transfer, base: str, tar: tarfile.TarFile) -> _Member | None:
         """Add one file to the tar; None if it is settled (skipped, refused) or goes alone."""
         member = put.name[len(base) :]
-        problem = member_problem(member)
-        if problem:
-            log.info("%s goes alone: %s", record.destination, problem)
-            self.single(put, record)
-            return None
+        problem = ""
         try:
             with open_inside(put.file) as source:
                 if self.uploader.settled(put, source, record):
                     return None
-                source.seek(0)
-                stat = os.fstat(source.fileno())
-                data, md5 = whole(source, stat.st_size)
-                moved = changed(put.file, stat, source)
-        except (OSError, AllasrunError):  # gone, unreadable, shorter than it was: reported alone
-            moved = (FAILED, "")
-        if moved:  # sent alone, where the usual checks find it and report it
+                problem = member_problem(put.name, base)
+                if not problem:
+                    source.seek(0)
+                    stat = os.fstat(source.fileno())
+                    data, md5 = whole(source, stat.st_size)
+                    if changed(put.file, stat, source):
+                        problem = "it changed while it was read into its bundle"
+        except (OSError, AllasrunError):  # gone, unreadable, shorter than it was
+            problem = "it could not be read into its bundle"
+        if problem:  # sent alone, where the usual checks find what is wrong with it and report it
+            log.info("%s goes alone: %s", record.destination, problem)
             self.single(put, record)
             return None
         info = tarfile.TarInfo(member)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -196,8 +197,7 @@ def test_identical_objects_are_skipped_and_no_overwrite_refuses_in_a_bundle_too(
     assert records["run1/f001.txt"].status == SKIPPED
     assert records["run1/f002.txt"].status == REFUSED
     assert store.content("out", "run1/f002.txt") == b"someone else's"
-    # f001 and f002 are settled as one by one; f004, left alone in its bundle, goes as a single PUT
-    assert store.count("upload") == 1 and sum(map(len, store.members)) == 3
+    assert store.count("upload") == 0 and sum(map(len, store.members)) == 4
 
 
 def test_bundles_are_balanced_over_the_threads_and_bounded(tmp_path: Path) -> None:
@@ -215,12 +215,19 @@ def test_bundles_are_balanced_over_the_threads_and_bounded(tmp_path: Path) -> No
     assert len(grouped) == 9 and max(map(len, grouped)) - min(map(len, grouped)) <= 1
     assert all(len(g) * (512 + 16384) <= BUNDLE_BYTES and len(g) <= BUNDLE_FILES for g in grouped)
     assert bundles(FakeStore(), puts, 8, True) == ([], puts)  # a store that does not unpack
+    other = [Put(replace(OUT, bucket="two"), p.file, p.name, None) for p in puts[:40]]
+    grouped, alone = bundles(FakeBulkStore(), puts[:20] + other, 8, True)  # each bucket split evenly
+    assert alone == [] and [len(g) for g in grouped] == [4] * 5 + [5] * 8
+    assert [{p.spec.bucket for p in g} for g in grouped] == [{"out"}] * 5 + [{"two"}] * 8
+    grouped, alone = bundles(FakeBulkStore(), puts[:3], 8, True)
+    assert (grouped, alone) == ([], puts[:3])  # too few to be worth a bundle
 
 
 def test_member_names_radosgw_would_misread_are_refused() -> None:
-    assert member_problem("a/b.txt") == "" and member_problem("ä" * 50) == ""
-    assert "100 bytes" in member_problem("ä" * 51)
-    assert member_problem("a//b") and member_problem("./a") and member_problem("a/../b")
+    assert member_problem("a/b.txt", "") == "" and member_problem("run/" + "ä" * 50, "run/") == ""
+    assert "100 bytes" in member_problem("run/" + "ä" * 51, "run/")
+    assert member_problem("a//b", "") and member_problem("./a", "") and member_problem("r/a/../b", "r/")
+    assert "1024 bytes an object name" in member_problem("d" * 1030 + "/x", "d" * 1030 + "/")
 
 
 def test_the_bundles_option_is_read() -> None:
