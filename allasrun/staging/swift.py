@@ -40,7 +40,7 @@ from allasrun.staging.payload import IN_MEMORY, Hashed, whole
 from allasrun.staging.store import EMPTY_MD5, Credentials, Extracted, RemoteObject, Segment, slo_etag
 from allasrun.staging.wire import Body, Connections, Reply, Transport, ca_bundle, store_error, stream
 
-PAGE = 10_000  # rows per listing page: Swift's and RGW's most
+PAGE = 10_000  # rows asked for per listing page: Swift's most (radosgw gives 1,000 at most)
 BUNDLE_PAGE = 1_000  # rows per page of a bundle's listing: a bundle holds at most as many files
 UNPROCESSABLE = 422  # the ETag sent does not match the body received
 
@@ -92,7 +92,11 @@ class SwiftStore:
         return found
 
     def _pages(self, bucket: str, prefix: str, marker: str, limit: int) -> Iterator[RemoteObject]:
-        """The objects under `prefix` after `marker`, one page of `limit` asked for at a time."""
+        """The objects under `prefix` after `marker`, one page of `limit` asked for at a time.
+
+        Until a page comes back empty: a page shorter than asked for is not the last one, since
+        a server may cap the rows it gives (radosgw's `rgw_max_listing_results`, 1,000 by default).
+        """
         query = {"format": "json", "limit": str(limit), "prefix": prefix}
         if marker:
             query["marker"] = marker
@@ -105,7 +109,7 @@ class SwiftStore:
                     raise BucketMissing(f"bucket {bucket!r} does not exist ({self._url(bucket)})") from None
                 raise
             yield from (self._listed(bucket, row) for row in rows if "subdir" not in row)
-            if len(rows) < limit:
+            if not rows:  # not a short page: radosgw gives at most 1,000 rows whatever `limit` asks
                 return
             query = {**query, "marker": rows[-1].get("name") or rows[-1].get("subdir", "")}
 

@@ -28,7 +28,7 @@ from tests.stack.stackutil import (
     wait_for,
 )
 
-MANY = 500
+MANY = 1_100  # more than the 1,000 rows radosgw gives per listing page
 
 
 def job(tmp_path: Path, header: str, body: str = "touch ran") -> Path:
@@ -60,7 +60,7 @@ def start_job(stack: Stack, home: Path, script: Path) -> subprocess.Popen[str]:
 
 @pytest.fixture(scope="module")
 def dataset(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """500 small files and a 3.5 MiB object uploaded as a 4-segment SLO, by rclone and swift."""
+    """1,100 small files and a 3.5 MiB object uploaded as a 4-segment SLO, by rclone and swift."""
     root = tmp_path_factory.mktemp("dataset")
     many = root / "many"
     for n in range(MANY):
