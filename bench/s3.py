@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from allasrun.staging.s3 import S3Store
-from bench.staging import THREADS, purge, run_cases, tested_code, timed
+from bench.staging import THREADS, complete, purge, run_cases, tested_code, timed
 from tests.stack.stackutil import ALLASRUN, Stack, s3_endpoint
 
 UNSIGNED = "x-amz-content-sha256: UNSIGNED-PAYLOAD"
@@ -100,6 +100,11 @@ def many_files(tools: S3Tools, count: int) -> list[tuple[str, float]]:
     ]
     if shutil.which("s5cmd"):
         rows.append(("download s5cmd", tools.s5cmd("cp", f"s3://{bucket}/rclone/*", "in-s5cmd/")))
+    complete(
+        tools.work,
+        count,
+        ["in-allasrun", "in-rclone", "in-aws", *(["in-s5cmd"] if shutil.which("s5cmd") else [])],
+    )
     return rows
 
 

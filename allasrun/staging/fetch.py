@@ -43,7 +43,7 @@ NAME_MAX = 255  # bytes in one file name (Linux, Lustre, NFS)
 _TEMPORARY = re.compile(r"\..*\.allasrun-(?P<host>.+)-(?P<pid>[0-9]+)\.part", re.DOTALL)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fetch:
     """One object to download to one local path."""
 

@@ -50,7 +50,7 @@ _UPLOADING: set[str] = set()  # this process's large uploads in flight, by stamp
 _UPLOADING_LOCK = threading.Lock()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Put:
     """One local file to upload under one object name."""
 

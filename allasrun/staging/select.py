@@ -102,7 +102,7 @@ def dir_like(text: str, path: Path) -> bool:
     return text.endswith("/") or text in (".", "") or path.is_dir()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LocalFile:
     """A file a stage-out uploads: where it was found, its name below the source, what to read.
 

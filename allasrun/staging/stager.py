@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
@@ -30,6 +31,7 @@ from allasrun.staging.transfer import CANCELLED, FAILED, Interrupted, Transfer
 from allasrun.staging.workers import POLL, Workers
 
 T = TypeVar("T")
+X = TypeVar("X")
 GRACE = 2.0  # seconds a stopped stage-in waits for running transfers before it walks away
 INTERRUPTED = "interrupted by a signal"
 UNPROCESSABLE = 422  # Swift's answer to an upload whose bytes did not match the MD5 sent with it
@@ -78,20 +80,17 @@ class Stager:
         if self._stop.is_set():
             return [spec_record(spec, CANCELLED, INTERRUPTED) for spec in specs]
         resolved.sort(key=lambda found: found[0])
-        fetches = [fetch for _, found, _ in resolved for fetch in found]
+        fetches = deque(fetch for _, found, _ in resolved for fetch in found)
         records = [record for _, _, problems in resolved for record in problems]
         if records:  # something is missing or unsafe: fetch nothing, the command will not run
             return records
         records = self._fetcher.make_folders([specs[n] for n, found, _ in resolved if not found])
         if records:
             return records
-        total = sum(f.obj.size for f in fetches)
-        return self._run(
-            "stage-in",
-            [_single(fetch_record(f), partial(self._fetcher.fetch, f)) for f in fetches],
-            total,
-            cancelled,
-        )
+        total, count = sum(f.obj.size for f in fetches), len(fetches)
+        del resolved  # the fetches are held by the deque alone, and let go of as they are handed out
+        tasks = (_single(fetch_record(f), partial(self._fetcher.fetch, f)) for f in _handed(fetches))
+        return self._run("stage-in", tasks, count, total, cancelled)
 
     # ---------------------------------------------------------------- stage-out
 
@@ -120,17 +119,24 @@ class Stager:
                 problems = [t for t in problems if (t.source, t.destination) in only]
             puts += found
             records += problems
-        total = sum(listed_size(p.file) for p in puts)
+        total, count = sum(listed_size(p.file) for p in puts), len(puts)
         grouped, alone = bundles(self.store, puts, self.settings.threads, self.settings.bundles)
-        tasks = [_single(put_record(p), partial(self._uploader.put, p)) for p in alone]
+        del puts  # held by `alone` and `grouped` alone, and let go of as they are handed out
         bundler = Bundler(cast(BulkStore, self.store), self._uploader, self._put_alone)
-        for group in grouped:
-            members = [put_record(p) for p in group]
-            tasks.append((members, partial(_bundled, bundler, group, members)))
-        records += self._run("stage-out", tasks, total, lambda: False)
+        tasks = self._out_tasks(deque(alone), deque(grouped), bundler)
+        del alone, grouped
+        records += self._run("stage-out", tasks, count, total, lambda: False)
         if bundler.bundles:
             log.info("stage-out: %d small file(s) went in %d tar bundle(s)", bundler.files, bundler.bundles)
         return records
+
+    def _out_tasks(self, alone: deque[Put], grouped: deque[list[Put]], bundler: Bundler) -> Iterator[Task]:
+        """The stage-out's tasks, each made when it is handed out: single files, then bundles."""
+        for put in _handed(alone):
+            yield _single(put_record(put), partial(self._uploader.put, put))
+        for group in _handed(grouped):
+            members = [put_record(p) for p in group]
+            yield members, partial(_bundled, bundler, group, members)
 
     def _put_alone(self, put: Put, record: Transfer) -> None:
         """One file of a bundle sent alone (`bundle.Single`)."""
@@ -167,32 +173,38 @@ class Stager:
         raise AssertionError("unreachable")
 
     def _run(
-        self, label: str, tasks: Sequence[Task], total: int, cancelled: Callable[[], bool]
+        self, label: str, tasks: Iterable[Task], count: int, total: int, cancelled: Callable[[], bool]
     ) -> list[Transfer]:
-        """Run the tasks on `threads` threads, showing progress; stop at once if cancelled.
+        """Run the tasks (`count` files, `total` bytes) on the threads, with progress, until cancelled.
 
         Each task fills in its own records (one file's, or a bundle's); whatever it raises fails
-        its records alone. A task not done when the run stops is CANCELLED (copies of its
-        records: an abandoned thread may still write to the originals).
+        its records alone. Tasks are taken from `tasks` as threads come free, so only those
+        running are held, with the records of those done. A task not done when the run stops is
+        CANCELLED (copies of its records: an abandoned thread may still write to the originals).
         """
-        progress = Progress(label, sum(len(records) for records, _ in tasks), total, self.settings.progress)
+        progress = Progress(label, count, total, self.settings.progress)
         results: list[Transfer] = []
+        running: dict[int, Sequence[Transfer]] = {}
+        waiting = iter(tasks)
+
+        def handed() -> Iterator[Callable[[], Sequence[Transfer]]]:
+            for records, call in waiting:
+                running[id(records)] = records
+                yield partial(_finished, call, records)
 
         def done(records: Sequence[Transfer]) -> None:
+            running.pop(id(records), None)
             for record in records:
                 results.append(record)
                 progress.advance(record)
 
         try:
-            self._gather((partial(_finished, call, records) for records, call in tasks), cancelled, done)
+            self._gather(handed(), cancelled, done)
         finally:
             progress.close()
-        reported = {id(record) for record in results}
+        left = [*running.values(), *(records for records, _ in waiting)]
         return results + [
-            replace(record, status=CANCELLED, error=INTERRUPTED)
-            for records, _ in tasks
-            for record in records
-            if id(record) not in reported
+            replace(r, status=CANCELLED, error=INTERRUPTED) for records in left for r in records
         ]
 
     def _gather(
@@ -293,6 +305,12 @@ Task = tuple[Sequence[Transfer], Callable[[], object]]  # records, and the call 
 def _single(record: Transfer, job: Callable[[Transfer], None]) -> Task:
     """The task of one file or object."""
     return [record], partial(_timed, job, record)
+
+
+def _handed(items: deque[X]) -> Iterator[X]:
+    """Each item in turn, let go of as it is handed out (memory flat in the file count)."""
+    while items:
+        yield items.popleft()
 
 
 def _finished(call: Callable[[], object], records: Sequence[Transfer]) -> Sequence[Transfer]:

@@ -22,7 +22,7 @@ EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 OVER_S3 = "-N"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoteObject:
     """One listed object: its real size and its ETag.
 
@@ -49,7 +49,7 @@ class RemoteObject:
         return self.name.endswith("/") and self.size == 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Segment:
     """One segment of a static large object, as its manifest lists it: `bucket/name`."""
 

@@ -25,7 +25,7 @@ DONE, SKIPPED, FAILED, REFUSED, MISSING, CANCELLED = (
 PROBLEMS = (FAILED, REFUSED, MISSING)
 
 
-@dataclass
+@dataclass(slots=True)
 class Transfer:
     """One file or object moved (or not), for the JSON report and the summary.
 
