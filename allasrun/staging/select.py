@@ -109,12 +109,37 @@ class LocalFile:
     `real` is the regular file to open: the file itself, or the one a link in the tree names.
     Whatever is opened must lie in `tree`, the source directory (or glob's fixed part) resolved;
     for a single named file, the directory it is really in.
+
+    Held as its folder (one `Path` shared by the files of a folder) and its name, the paths made
+    when asked for: a `Path` per file costs about 300 bytes, 30 MB for a stage-out of 100,000.
     """
 
-    path: Path
+    folder: Path
+    name: str
     relative: str
-    real: Path
     tree: Path
+    link_target: Optional[Path] = None  # what a link in the tree names; None for a regular file
+
+    @classmethod
+    def at(
+        cls, path: Path, relative: str, real: Path, tree: Path, folders: Optional[dict[Path, Path]] = None
+    ) -> LocalFile:
+        """The file at `path`, read from `real` (itself, or what the link at `path` names).
+
+        `folders` keeps one `Path` per folder for the files found in it.
+        """
+        folder = path.parent if folders is None else folders.setdefault(path.parent, path.parent)
+        return cls(folder, path.name, relative, tree, None if real == path else real)
+
+    @property
+    def path(self) -> Path:
+        """Where the file was found."""
+        return self.folder / self.name
+
+    @property
+    def real(self) -> Path:
+        """The regular file to read."""
+        return self.link_target or self.path
 
 
 @dataclass(frozen=True)
@@ -143,7 +168,7 @@ def local_files(path: Path, text: str) -> tuple[list[LocalFile], list[Unfollowed
         return _sorted_out(path, path.resolve(), _entries(path))
     if path.is_file():
         real = path.resolve()
-        return [LocalFile(path, "", real, real.parent)], []
+        return [LocalFile.at(path, "", real, real.parent)], []
     return [], []
 
 
@@ -181,7 +206,8 @@ def _children(directory: Path, part: str) -> list[Path]:
 
 def _sorted_out(base: Path, tree: Path, paths: Iterable[Path]) -> tuple[list[LocalFile], list[Unfollowed]]:
     """The files among `paths` (each once, named relative to `base`) and the links not followed."""
-    found = {path: _entry(path, path.relative_to(base).as_posix(), tree) for path in paths}
+    folders: dict[Path, Path] = {}
+    found = {path: _entry(path, path.relative_to(base).as_posix(), tree, folders) for path in paths}
     ordered = [found[path] for path in sorted(found)]
     return (
         [e for e in ordered if isinstance(e, LocalFile)],
@@ -195,7 +221,9 @@ def _entries(top: Path) -> Iterator[Path]:
         yield from (Path(root) / name for name in dirs + names)
 
 
-def _entry(path: Path, relative: str, tree: Path) -> Union[LocalFile, Unfollowed, None]:
+def _entry(
+    path: Path, relative: str, tree: Path, folders: dict[Path, Path]
+) -> Union[LocalFile, Unfollowed, None]:
     """A regular file is uploaded; a link only if it names a regular file inside `tree`.
 
     A link out of the tree is refused, whatever it names: following it could upload a private
@@ -209,14 +237,14 @@ def _entry(path: Path, relative: str, tree: Path) -> Union[LocalFile, Unfollowed
     except FileNotFoundError:
         return None  # gone while being listed: it was never there to upload
     if stat.S_ISREG(mode):
-        return LocalFile(path, relative, path, tree)
+        return LocalFile.at(path, relative, path, tree, folders)
     if not stat.S_ISLNK(mode):
         return None
     real = Path(os.path.realpath(path))
     if not _within(real, tree):
         return Unfollowed(path, relative, f"a symbolic link to {real}, outside {tree}", refused=True)
     if real.is_file():
-        return LocalFile(path, relative, real, tree)
+        return LocalFile.at(path, relative, real, tree, folders)
     kind = "the directory" if real.is_dir() else "nothing at"
     reason = f"a symbolic link to {kind} {real} in the tree: not followed"
     return Unfollowed(path, relative, reason, refused=False)

@@ -206,10 +206,10 @@ def test_bundles_are_balanced_over_the_threads_and_bounded(tmp_path: Path) -> No
     for n in range(2000):
         path = tmp_path / f"f{n:05d}"
         path.write_bytes(b"x" * 16384)
-        puts.append(Put(spec, LocalFile(path, f"f{n:05d}", path, tmp_path), f"run1/f{n:05d}", None))
+        puts.append(Put(spec, LocalFile.at(path, f"f{n:05d}", path, tmp_path), f"run1/f{n:05d}", None))
     big = tmp_path / "big"
     big.write_bytes(b"b" * (SMALL + 1))
-    puts.append(Put(spec, LocalFile(big, "big", big, tmp_path), "run1/big", None))
+    puts.append(Put(spec, LocalFile.at(big, "big", big, tmp_path), "run1/big", None))
     grouped, alone = bundles(FakeBulkStore(), puts, 8, True)
     assert [p.name for p in alone] == ["run1/big"]
     assert (
