@@ -376,7 +376,7 @@ class Uploader:
         now = next((obj for obj in listed if obj.name == put.name), None)
         if now is None or not now.large:
             return set()
-        segments = self.store.segments(put.spec.bucket, now)
+        segments = self.store.segments(put.spec.bucket, now, exact=True)
         return {segment.path for segment in segments} if segments else None
 
     def _discard(self, segments: list[Segment]) -> None:

@@ -156,7 +156,7 @@ class S3Store:
             if "BucketAlreadyOwnedByYou" not in str(error):
                 raise
 
-    def segments(self, bucket: str, obj: RemoteObject) -> list[Segment]:
+    def segments(self, bucket: str, obj: RemoteObject, *, exact: bool = False) -> list[Segment]:
         """[]: S3 cannot list a multipart object's parts once the upload is complete."""
         return []
 

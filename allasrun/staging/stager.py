@@ -283,7 +283,7 @@ class _Unlisted:
     def ensure_bucket(self, bucket: str) -> None:
         raise self.error
 
-    def segments(self, bucket: str, obj: RemoteObject) -> list[Segment]:
+    def segments(self, bucket: str, obj: RemoteObject, *, exact: bool = False) -> list[Segment]:
         raise self.error
 
     def download(self, bucket: str, name: str) -> tuple[dict[str, str], Iterator[bytes]]:

@@ -125,8 +125,12 @@ class Store(Protocol):
         """Create the bucket if it is missing."""
         ...
 
-    def segments(self, bucket: str, obj: RemoteObject) -> list[Segment]:
-        """A large object's segments in order (SLO or DLO); [] when the store cannot tell them."""
+    def segments(self, bucket: str, obj: RemoteObject, *, exact: bool = False) -> list[Segment]:
+        """A large object's segments in order (SLO or DLO); [] when the store cannot tell them.
+
+        Without `exact`, segments whose content is the object's are enough (to verify or read
+        it by); with it, only those the object is known to list: a sweep deletes by them.
+        """
         ...
 
     def download(self, bucket: str, name: str) -> tuple[dict[str, str], Iterator[bytes]]:

@@ -10,7 +10,11 @@ RADOS Gateway, which Allas runs. RGW lists a static large object by its manifest
 manifest's size, the MD5 of nothing, no `slo_etag`) and answers `?multipart-manifest=get`
 with an empty body; the object is then asked about with a HEAD, and its segments are found
 by listing `<bucket>_segments` (the layout allasrun and the swift CLI upload) and kept only
-if they add up to the object's size and ETag. Both list a dynamic large object (rclone's chunked
+if they add up to the object's size and ETag. Two sets can: a killed upload's whole set and the
+re-run's are byte for byte alike, and a sweep that took the wrong one for the object's would
+delete the object's own. So the manifest names its set in `X-Object-Meta-Allasrun-Segments`,
+which radosgw returns with the empty manifest; a set no manifest names is the object's only
+when it is the one set that adds up. Both list a dynamic large object (rclone's chunked
 files: a zero-byte manifest with `X-Object-Manifest`) as an empty object, so every empty
 object that is not a folder marker is asked about with a HEAD too; a DLO's segments are the
 objects under its manifest's prefix.
@@ -43,6 +47,8 @@ from allasrun.staging.wire import Body, Connections, Reply, Transport, ca_bundle
 PAGE = 10_000  # rows asked for per listing page: Swift's most (radosgw gives 1,000 at most)
 BUNDLE_PAGE = 1_000  # rows per page of a bundle's listing: a bundle holds at most as many files
 UNPROCESSABLE = 422  # the ETag sent does not match the body received
+SEGMENT_SET = "x-object-meta-allasrun-segments"  # a manifest's set: `<stamp>/<size>/<segment size>`
+META_VALUE = 256  # the longest metadata value Swift takes by default
 
 
 class SwiftStore:
@@ -103,7 +109,7 @@ class SwiftStore:
         action = f"list {self._url(bucket)}{f' (prefix {prefix!r})' if prefix else ''}"
         while True:
             try:
-                rows = self._json(action, bucket, query=query)
+                rows, _ = self._json(action, bucket, query=query)
             except StoreError as error:
                 if error.http_status == 404:
                     raise BucketMissing(f"bucket {bucket!r} does not exist ({self._url(bucket)})") from None
@@ -181,15 +187,16 @@ class SwiftStore:
         if not self.bucket_exists(bucket):
             self._headers(f"create {self._url(bucket)}", "PUT", bucket, body=b"")
 
-    def segments(self, bucket: str, obj: RemoteObject) -> list[Segment]:
-        """The segments of a large object in order; [] if they cannot be known."""
+    def segments(self, bucket: str, obj: RemoteObject, *, exact: bool = False) -> list[Segment]:
+        """The segments of a large object in order; [] if they cannot be known (see `Store`)."""
         if obj.dlo:
             return self._dlo_segments(obj.dlo)
         action = f"read the manifest of {self._url(bucket, obj.name)}"
-        rows = self._json(action, bucket, obj.name, query={"multipart-manifest": "get"})
+        rows, headers = self._json(action, bucket, obj.name, query={"multipart-manifest": "get"})
         if rows:  # Swift: the manifest itself
             return [Segment(row["name"].lstrip("/"), int(row["bytes"]), row["hash"]) for row in rows]
-        return self._segments_by_name(f"{bucket}_segments", obj)  # RGW: an empty body
+        named = unquote(headers.get(SEGMENT_SET, ""))  # RGW: an empty body, the set allasrun named
+        return self._segments_by_name(f"{bucket}_segments", obj, named, exact)
 
     def _dlo_segments(self, manifest: str) -> list[Segment]:
         """A DLO's segments: every object under its manifest's `container/prefix`.
@@ -203,21 +210,26 @@ class SwiftStore:
             return []
         return [Segment(f"{container}/{part.name}", part.size, part.md5) for part in listed]
 
-    def _segments_by_name(self, container: str, obj: RemoteObject) -> list[Segment]:
+    def _segments_by_name(self, container: str, obj: RemoteObject, named: str, exact: bool) -> list[Segment]:
         """The segments under `<name>/slo/<stamp>/<size>/<segment size>/<index>` that make `obj`.
 
-        Several uploads of one name leave several such groups until they are cleaned up; the
-        one whose sizes and MD5s give the object's size and ETag is the object's.
+        Several uploads of one name leave several such sets until they are cleaned up. The one
+        `named` by the manifest is the object's if it adds up to the object's size and ETag; with
+        no name, a set that adds up. Two that do hold the object's bytes alike, either will do
+        to verify it by, but which one it lists cannot be told: `exact` gets [], so that a sweep
+        deletes neither.
         """
+        prefix = f"{obj.name}/slo/"
         try:
-            listed = self.listing(container, f"{obj.name}/slo/")
+            listed = self.listing(container, prefix)
         except BucketMissing:
             return []
         groups: dict[str, dict[int, RemoteObject]] = {}
         for part in listed:
             group, _, index = part.name.rpartition("/")
-            if index.isdigit():
+            if index.isdigit() and (not named or group == prefix + named):
                 groups.setdefault(group, {})[int(index)] = part
+        whole = []
         for members in groups.values():
             if sorted(members) != list(range(len(members))):
                 continue  # a gap: not a whole upload
@@ -226,8 +238,8 @@ class SwiftStore:
                 for i in sorted(members)
             ]
             if sum(s.size for s in found) == obj.size and slo_etag(found) == obj.md5:
-                return found
-        return []
+                whole.append(found)
+        return whole[0] if len(whole) == 1 or (whole and not exact) else []
 
     def download(self, bucket: str, name: str) -> tuple[dict[str, str], Iterator[bytes]]:
         """Response headers (lower-case names) and the body in chunks of up to CHUNK bytes."""
@@ -252,14 +264,22 @@ class SwiftStore:
         return body.md5(), reply.headers.get("etag", "").strip('"')
 
     def put_manifest(self, bucket: str, name: str, segments: list[Segment]) -> None:
-        """Create a static large object from uploaded segments (Swift checks each ETag)."""
+        """Create a static large object from uploaded segments (Swift checks each ETag).
+
+        The manifest names its set of segments in its metadata, for radosgw (see the module).
+        """
         manifest = json.dumps([{"path": f"/{s.path}", "etag": s.md5, "size_bytes": s.size} for s in segments])
+        group = segments[0].path.rpartition("/")[0] if segments else ""
+        named = group.removeprefix(f"{bucket}_segments/{name}/slo/")
+        value = quote(named, safe="/-_.~")
+        headers = {SEGMENT_SET: value} if named != group and len(value) <= META_VALUE else {}
         self._headers(
             f"write the manifest of {self._url(bucket, name)}",
             "PUT",
             bucket,
             name,
             query={"multipart-manifest": "put"},
+            headers=headers,
             body=manifest.encode(),
         )
 
@@ -277,21 +297,22 @@ class SwiftStore:
 
     def _json(
         self, action: str, bucket: str, name: str = "", *, query: Mapping[str, str]
-    ) -> list[dict[str, Any]]:
-        """A GET answered with JSON rows (a listing page, a manifest); an empty body is [].
+    ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """A GET's JSON rows (a listing page, a manifest; [] for an empty body) and headers.
 
         An answer that does not parse is the server's failure, worth a retry.
         """
 
-        def attempt() -> list[dict[str, Any]]:
-            content = self._request(action, "GET", bucket, name, query, None, None).content()
+        def attempt() -> tuple[list[dict[str, Any]], dict[str, str]]:
+            reply = self._request(action, "GET", bucket, name, query, None, None)
+            content = reply.content()
             try:
                 rows = json.loads(content) if content.strip() else []
             except ValueError as error:  # not JSON, or not UTF-8
                 raise StoreError(f"cannot {action}: malformed response ({error})", transient=True) from None
             if not isinstance(rows, list):
                 raise StoreError(f"cannot {action}: malformed response (not a list)", transient=True)
-            return rows
+            return rows, reply.headers
 
         return retry.call(action, attempt, store_error, self._retries)
 

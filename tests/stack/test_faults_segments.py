@@ -152,3 +152,27 @@ def test_a_sweep_keeps_the_segments_of_a_manifest_that_replaced_its_own(
     run(stack, home, b)
     assert stored(stack, tmp_path, name) == md5(second)
     assert len(segments_of(stack, tmp_path, BUCKET, name)) == 3
+
+
+def test_a_killed_uploads_set_the_same_as_the_reruns_is_swept_and_the_object_stays_whole(
+    stack: Stack, home: Path, tmp_path: Path
+) -> None:
+    """A kill after the last segment, before the manifest: a whole set, byte for byte the one the
+    re-run uploads. radosgw tells an SLO's segments only by name, so the two sets look alike; the
+    re-run must remove the killed one and keep its own, and a later re-run must not take the
+    killed one for the object's and delete the object's own."""
+    make_bucket(stack, BUCKET)
+    make_bucket(stack, f"{BUCKET}_segments")
+    name = f"run-{uuid.uuid4().hex[:12]}/x.bin"
+    data = os.urandom(LARGE)
+    path = job(tmp_path, name, data)
+    killed = segment_stamp(pid=_dead_pid(), started=time.time() - 60)
+    for i in range(3):
+        piece = data[i * SEGMENT : (i + 1) * SEGMENT]
+        put_object(stack, f"{BUCKET}_segments", f"{name}/slo/{killed}/{LARGE}/{SEGMENT}/{i:08d}", piece)
+    run(stack, home, path)
+    assert stored(stack, tmp_path, name) == md5(data)
+    run(stack, home, path)  # identical: skipped, and its sweep finds the same segments
+    assert stored(stack, tmp_path, name) == md5(data)
+    kept = segments_of(stack, tmp_path, BUCKET, name)
+    assert len(kept) == 3 and not any(killed in segment for segment in kept), kept

@@ -508,6 +508,7 @@ def killed_and_rerun(
     assert found.processes_left == 0 and found.parts_left == 0, found
     assert local_sums(kill.root / "in") == sums and local_sums(kill.root / "out") == sums, found
     assert stored_sums(stack, kill.root, f"{kill.bucket}/{kill.outputs}") == sums, found
-    assert len(segments) == 3 and all("sub/large.bin/" in s for s in segments), f"{found}: orphans {segments}"
+    logs = f"{stderr}\n{again.stderr}"
+    assert len(segments) == 3 and all("sub/large.bin/" in s for s in segments), f"{found}: {segments}\n{logs}"
     found.files_checked = 3 * len(sums)
     found.bytes_checked = 3 * sum(p.stat().st_size for p in (kill.root / "in").rglob("*") if p.is_file())

@@ -150,7 +150,7 @@ class FakeStore:
         with self._lock:
             self.buckets.setdefault(bucket, {})
 
-    def segments(self, bucket: str, obj: RemoteObject) -> list[Segment]:
+    def segments(self, bucket: str, obj: RemoteObject, *, exact: bool = False) -> list[Segment]:
         if obj.dlo:
             self._enter("segments", bucket, obj.name)
             with self._lock:
