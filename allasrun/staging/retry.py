@@ -13,10 +13,12 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Callable, Optional, TypeVar
 
 from allasrun.errors import StoreError
 from allasrun.log import log
+from allasrun.staging.wire import Body, Reply, store_error
 
 T = TypeVar("T")
 # Seconds to connect, and to wait for each read of the socket (not the whole transfer). Allas
@@ -73,3 +75,48 @@ def retry_after(headers: Optional[Mapping[str, str]]) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return max(when.timestamp() - time.time(), 0.0)
+
+
+class Requests:
+    """Every store's requests, retried here and nowhere else, around the store's own `_request`.
+
+    `_request` sends one request its store's way (Swift with a token, S3 signed) and raises on
+    failure; `_retries` bounds the tries.
+    """
+
+    _retries: int
+    _request: Callable[
+        [str, str, str, str, Optional[Mapping[str, str]], Optional[Mapping[str, str]], Body], Reply
+    ]
+
+    def _call(
+        self,
+        action: str,
+        method: str,
+        bucket: str,
+        name: str = "",
+        *,
+        query: Optional[Mapping[str, str]] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        body: Body = None,
+        again: Optional[Callable[[], None]] = None,
+    ) -> Reply:
+        """One request, retried while the failure is transient; `again` rewinds an upload's body."""
+        request = partial(self._request, action, method, bucket, name, query, headers, body)
+        return call(action, request, store_error, self._retries, again)
+
+    def _headers(
+        self,
+        action: str,
+        method: str,
+        bucket: str,
+        name: str = "",
+        *,
+        query: Optional[Mapping[str, str]] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        body: Body = None,
+    ) -> dict[str, str]:
+        """A request answered by its status and headers: the body (if any) read, the connection kept."""
+        reply = self._call(action, method, bucket, name, query=query, headers=headers, body=body)
+        reply.content()
+        return reply.headers

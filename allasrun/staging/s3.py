@@ -38,8 +38,7 @@ listed once it is complete).
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from functools import partial
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, Optional
 from urllib.parse import quote, unquote_plus, urlsplit
 from xml.etree import ElementTree
@@ -77,7 +76,7 @@ def part_size(size: int, wanted: int) -> int:
     return needed
 
 
-class S3Store:
+class S3Store(retry.Requests):
     """Object storage operations for the stager over S3; safe to use from many threads."""
 
     def __init__(
@@ -274,37 +273,6 @@ class S3Store:
         )
         reply.content()
         return stream.md5(), _etag(reply.headers.get("etag", ""))
-
-    def _call(
-        self,
-        action: str,
-        method: str,
-        bucket: str,
-        name: str = "",
-        *,
-        query: Optional[Mapping[str, str]] = None,
-        headers: Optional[Mapping[str, str]] = None,
-        body: Body = None,
-        again: Optional[Callable[[], None]] = None,
-    ) -> Reply:
-        """One request, retried while the failure is transient; `again` rewinds an upload's body."""
-        request = partial(self._request, action, method, bucket, name, query, headers, body)
-        return retry.call(action, request, store_error, self._retries, again)
-
-    def _headers(
-        self,
-        action: str,
-        method: str,
-        bucket: str,
-        name: str = "",
-        *,
-        query: Optional[Mapping[str, str]] = None,
-        body: Body = None,
-    ) -> dict[str, str]:
-        """A request answered by its status and headers: the body (if any) read, the connection kept."""
-        reply = self._call(action, method, bucket, name, query=query, body=body)
-        reply.content()
-        return reply.headers
 
     def _ask(
         self,

@@ -34,8 +34,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator, Mapping
-from functools import partial
-from typing import Any, BinaryIO, Callable, Optional
+from typing import Any, BinaryIO, Optional
 from urllib.parse import quote, unquote, urlsplit
 
 from allasrun.errors import BucketMissing, StoreError
@@ -51,7 +50,7 @@ SEGMENT_SET = "x-object-meta-allasrun-segments"  # a manifest's set: `<stamp>/<s
 META_VALUE = 256  # the longest metadata value Swift takes by default
 
 
-class SwiftStore:
+class SwiftStore(retry.Requests):
     """Object storage operations for the stager; safe to use from many threads."""
 
     def __init__(
@@ -315,38 +314,6 @@ class SwiftStore:
             return rows, reply.headers
 
         return retry.call(action, attempt, store_error, self._retries)
-
-    def _headers(
-        self,
-        action: str,
-        method: str,
-        bucket: str,
-        name: str = "",
-        *,
-        query: Optional[Mapping[str, str]] = None,
-        headers: Optional[Mapping[str, str]] = None,
-        body: Body = None,
-    ) -> dict[str, str]:
-        """A request answered by its status and headers: the body (if any) read, the connection kept."""
-        reply = self._call(action, method, bucket, name, query=query, headers=headers, body=body)
-        reply.content()
-        return reply.headers
-
-    def _call(
-        self,
-        action: str,
-        method: str,
-        bucket: str,
-        name: str = "",
-        *,
-        query: Optional[Mapping[str, str]] = None,
-        headers: Optional[Mapping[str, str]] = None,
-        body: Body = None,
-        again: Optional[Callable[[], None]] = None,
-    ) -> Reply:
-        """One request, retried while the failure is transient; `again` rewinds an upload's body."""
-        request = partial(self._request, action, method, bucket, name, query, headers, body)
-        return retry.call(action, request, store_error, self._retries, again)
 
     def _request(
         self,
