@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO, Optional, TypeVar, cast
+from typing import BinaryIO, Optional, TypeVar
 
 from allasrun.errors import AllasrunError, BucketMissing, Corrupt, StoreError
 from allasrun.log import log
@@ -122,18 +122,26 @@ class Stager:
         total, count = sum(listed_size(p.file) for p in puts), len(puts)
         grouped, alone = bundles(self.store, puts, self.settings.threads, self.settings.bundles)
         del puts  # held by `alone` and `grouped` alone, and let go of as they are handed out
-        bundler = Bundler(cast(BulkStore, self.store), self._uploader, self._put_alone)
+        store = self.store
+        bundler = Bundler(store, self._uploader, self._put_alone) if isinstance(store, BulkStore) else None
         tasks = self._out_tasks(deque(alone), deque(grouped), bundler)
         del alone, grouped
         records += self._run("stage-out", tasks, count, total, lambda: False)
-        if bundler.bundles:
+        if bundler and bundler.bundles:
             log.info("stage-out: %d small file(s) went in %d tar bundle(s)", bundler.files, bundler.bundles)
         return records
 
-    def _out_tasks(self, alone: deque[Put], grouped: deque[list[Put]], bundler: Bundler) -> Iterator[Task]:
-        """The stage-out's tasks, each made when it is handed out: single files, then bundles."""
+    def _out_tasks(
+        self, alone: deque[Put], grouped: deque[list[Put]], bundler: Optional[Bundler]
+    ) -> Iterator[Task]:
+        """The stage-out's tasks, each made when it is handed out: single files, then bundles.
+
+        Bundles only over a store that unpacks them; `bundles` groups none for another.
+        """
         for put in _handed(alone):
             yield _single(put_record(put), partial(self._uploader.put, put))
+        if bundler is None:
+            return
         for group in _handed(grouped):
             members = [put_record(p) for p in group]
             yield members, partial(_bundled, bundler, group, members)
