@@ -122,8 +122,9 @@ class Stager:
         total, count = sum(listed_size(p.file) for p in puts), len(puts)
         grouped, alone = bundles(self.store, puts, self.settings.threads, self.settings.bundles)
         del puts  # held by `alone` and `grouped` alone, and let go of as they are handed out
-        store = self.store
-        bundler = Bundler(store, self._uploader, self._put_alone) if isinstance(store, BulkStore) else None
+        bundler = None
+        if isinstance(self.store, BulkStore):
+            bundler = Bundler(self.store, self._uploader, self._put_alone)
         tasks = self._out_tasks(deque(alone), deque(grouped), bundler)
         del alone, grouped
         records += self._run("stage-out", tasks, count, total, lambda: False)
