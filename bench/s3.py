@@ -137,7 +137,8 @@ def main() -> None:
         {"upload": (peers, 0.8), "download": (peers, 0.8)},
         {"upload": ("curl", 1.5), "download": ("curl", 1.5)},
     )
-    run_cases(__doc__ or "", S3Tools, many_files, one_big, targets, " over S3")
+    endpoints = ("MINI_RGW_S3_URL", "MINI_ALLAS_SWIFT_URL")  # s3_endpoint's, either back end
+    run_cases(__doc__ or "", S3Tools, many_files, one_big, targets, endpoints, " over S3")
 
 
 if __name__ == "__main__":

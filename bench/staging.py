@@ -4,12 +4,15 @@ Issue 13's targets: (a) 2,000 files of 16 KiB: up at least 5x faster than rclone
 bundles), down in <= 0.5x the best of rclone and swift; (b) one 1 GiB file: <= 1.2x curl in each
 direction, with verification on. Every tool starts cold (authenticates itself with the stack's
 application credential) and writes to a fresh prefix or an empty directory. Needs MINI_ALLAS_ENV
-(bench/run); PYTHONPATH, if set, is the allasrun that runs (`tested_code`).
+(bench/run); PYTHONPATH, if set, is the allasrun that runs (`tested_code`). `--latency MS` puts
+the object store MS milliseconds of round trip away (a relay, `LatencyRelay`), as Allas is from
+a compute node: the lab's loopback has none, and round trips are what bundles and concurrency save.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -19,8 +22,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from tests.stack.stackutil import ALLASRUN, Stack, read_env_file, reference_remote
+from tests.stack.tcpproxy import LatencyRelay
 
 THREADS = 8
 
@@ -41,7 +46,8 @@ class Tools:
         self.stack = stack
         self.work = work
         self.rclone_conf = work / "rclone.conf"
-        self.rclone_conf.write_text(reference_remote(stack))
+        self.storage_url = stack.env["OS_STORAGE_URL"]  # every tool is given it: it may be a relay's
+        self.rclone_conf.write_text(f"{reference_remote(stack)}storage_url = {self.storage_url}\n")
         self.env = {
             "PATH": os.environ["PATH"],
             "HOME": str(work),
@@ -58,7 +64,8 @@ class Tools:
     def allasrun(self, header: str, name: str) -> float:
         script = self.work / f"{name}.sh"
         script.write_text(f"#!/bin/sh\n{header}\n#ALLAS option threads={THREADS}\ntrue\n")
-        return timed([*ALLASRUN, "run", "--no-cache", str(script)], self.env, self.work)
+        command = [*ALLASRUN, "run", "--no-cache", "--storage-url", self.storage_url, str(script)]
+        return timed(command, self.env, self.work)
 
     def rclone(self, source: str, target: str) -> float:
         flags = ["--transfers", str(THREADS), "--checkers", str(THREADS)]
@@ -70,7 +77,7 @@ class Tools:
         """The swift CLI, told the storage URL: with an application credential it takes the
         catalog's first object store whatever OS_REGION_NAME says (on the radosgw round it
         reached Swift, measured), so its radosgw figures before 2026-12-01 were Swift's."""
-        storage = ["--os-storage-url", self.stack.env["OS_STORAGE_URL"]]
+        storage = ["--os-storage-url", self.storage_url]
         return timed(["/usr/bin/swift", *storage, *args], self.env, self.work)
 
     def clean(self) -> None:
@@ -151,7 +158,7 @@ def one_big(tools: Tools, size: int) -> list[tuple[str, float]]:
         'if [ "$1" = put ]; then curl -sf -X PUT -H "$auth" -T big/big.bin "$URL/bench-b/curl/x"\n'
         'else curl -sf -H "$auth" -o curl-big.bin "$URL/bench-b/rclone/big.bin"; fi\n'
     )
-    env = {**tools.env, "URL": tools.stack.env["OS_STORAGE_URL"]}
+    env = {**tools.env, "URL": tools.storage_url}
     tools.swift("post", "bench-b")
     return [
         ("upload allasrun", tools.allasrun("#ALLAS stage-out big/big.bin bench-b/allasrun/", "out-b")),
@@ -205,19 +212,46 @@ def run_cases(
     many: Callable[[T, int], Rows],
     big: Callable[[T, int], Rows],
     targets: tuple[Targets, Targets],
+    relayed: Sequence[str],
     over: str = "",
 ) -> None:
     """The cases `--repeat` times, each time with fresh tools in a fresh directory; the tables give
     each tool's median against `targets` (many files, one big file). The lab shares 2 cores with
-    its servers: one run of a case can be 1.5x another's."""
+    its servers: one run of a case can be 1.5x another's. With `--latency`, the stack's URLs named
+    by `relayed` (its env file's variables) lead through a LatencyRelay."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--cases", default="a,b", help="a: many small files, b: one big file")
+    parser.add_argument("--latency", type=float, default=0.0, metavar="MS", help="round trip to the store")
     args = parser.parse_args()
+    with contextlib.ExitStack() as relays:
+        env = dict(read_env_file(Path(os.environ["MINI_ALLAS_ENV"])))
+        if args.latency:
+            over += f", {args.latency:g} ms round trip"
+            for name in (name for name in relayed if name in env):
+                env[name] = relayed_url(env[name], args.latency / 1000, relays)
+        run_all(Stack(env), args, make, many, big, targets, over)
+
+
+def relayed_url(url: str, rtt: float, relays: contextlib.ExitStack) -> str:
+    """`url` with its port replaced by that of a new LatencyRelay in front of it."""
+    parts = urlsplit(url)
+    relay = relays.enter_context(LatencyRelay(parts.port or 80, rtt))
+    return parts._replace(netloc=f"127.0.0.1:{relay.port}").geturl()
+
+
+def run_all(
+    stack: Stack,
+    args: argparse.Namespace,
+    make: Callable[[Stack, Path], T],
+    many: Callable[[T, int], Rows],
+    big: Callable[[T, int], Rows],
+    targets: tuple[Targets, Targets],
+    over: str,
+) -> None:
     cases = set(args.cases.split(","))
-    stack = Stack(read_env_file(Path(os.environ["MINI_ALLAS_ENV"])))
     a_runs: list[Rows] = []
     b_runs: list[Rows] = []
     for _ in range(args.repeat):
@@ -260,6 +294,7 @@ def main() -> None:
             {"upload": ("rclone", 0.2), "download": ("rclone,swift", 0.5)},
             {"upload": ("curl", 1.2), "download": ("curl", 1.2)},
         ),
+        ("OS_STORAGE_URL",),
     )
 
 

@@ -15,7 +15,9 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 from allasrun.auth import Token
 
-CHUNK = 1024 * 1024  # bytes per read and per streamed chunk, both ways
+# Bytes per read and per streamed chunk, both ways. 256 KiB, not 1 MiB: a 1 GiB download from
+# radosgw took 3.35-4.1 s against 4.2-4.6 s (64 KiB: 3.5-4.0 s), for the same kernel and MD5 work.
+CHUNK = 256 * 1024
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 # How Swift's s3api lists a Swift large object, `ETAG-N` (N as such): its segments' hash, with
 # segments S3 cannot name. S3Store lists radosgw's alike; a GET may send the ETag without it.

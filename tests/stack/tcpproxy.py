@@ -7,6 +7,7 @@ changed: a subclass sees each direction's bytes (`relay`) to damage, hold or sta
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import socket
 import threading
@@ -15,6 +16,7 @@ from types import TracebackType
 from typing import Optional, TypeVar
 
 R = TypeVar("R", bound="Relay")
+Line = collections.deque[tuple[float, bytes]]  # bytes in flight, each with the moment it is due
 
 
 class Relay:
@@ -129,3 +131,45 @@ class ThrottledRelay(Relay):
             begin = max(self._next, time.monotonic())
             self._next = begin + size / self.rate
         time.sleep(max(begin - time.monotonic(), 0.0))
+
+
+class LatencyRelay(Relay):
+    """Every byte arrives `rtt / 2` seconds after it was sent, each way, as over a wide-area link.
+
+    The lab's servers answer in microseconds over loopback; Allas is reached over a network with
+    milliseconds of round trip, which is what bundling and concurrency exist for. Bytes are
+    delayed, not slowed: a delay line per direction (a reader stamps, a writer waits for the
+    stamp), so throughput is the relay's own and only the round trip changes.
+    """
+
+    def __init__(self, upstream_port: int, rtt: float) -> None:
+        super().__init__(upstream_port)
+        self.delay = rtt / 2
+
+    def relay(self, client: socket.socket, server: socket.socket) -> None:
+        for source, target in ((client, server), (server, client)):
+            line: Line = collections.deque()
+            ready = threading.Condition()
+            threading.Thread(target=self._stamp, args=(source, line, ready), daemon=True).start()
+            threading.Thread(target=self._deliver, args=(target, line, ready), daemon=True).start()
+
+    def _stamp(self, source: socket.socket, line: Line, ready: threading.Condition) -> None:
+        while True:
+            data = recv(source)
+            with ready:
+                line.append((time.monotonic() + self.delay, data))
+                ready.notify()
+            if not data:
+                return
+
+    def _deliver(self, target: socket.socket, line: Line, ready: threading.Condition) -> None:
+        while True:
+            with ready:
+                ready.wait_for(lambda: bool(line))
+                due, data = line.popleft()
+            time.sleep(max(due - time.monotonic(), 0.0))
+            if not data:
+                close_write(target)
+                return
+            if not send(target, data):
+                return

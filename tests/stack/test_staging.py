@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 import pytest
 
 from allasrun import errors
+from allasrun.staging.fetch import BEHIND
 from tests.stack.corruptproxy import CorruptingProxy
 from tests.stack.stackutil import (
     ALLASRUN,
@@ -271,9 +272,12 @@ def test_escaping_object_names_are_refused(stack: Stack, home: Path, tmp_path: P
     assert not (tmp_path / "etc").exists() and not (work / "etc").exists()
 
 
-def test_corrupted_download_is_detected_and_not_left(stack: Stack, home: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [200_000, BEHIND], ids=["hashed-in-line", "hashed-on-a-thread"])
+def test_corrupted_download_is_detected_and_not_left(
+    stack: Stack, home: Path, tmp_path: Path, size: int
+) -> None:
     make_bucket(stack, "stage-corrupt")
-    put_object(stack, "stage-corrupt", "corrupt-me.bin", os.urandom(200_000))
+    put_object(stack, "stage-corrupt", "corrupt-me.bin", os.urandom(size))
     swift = urlparse(stack.env["OS_STORAGE_URL"])
     assert swift.port is not None
     with CorruptingProxy(swift.port, b"corrupt-me") as proxy:
