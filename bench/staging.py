@@ -197,7 +197,7 @@ Rows = list[tuple[str, float]]
 
 
 class Cleaned(Protocol):
-    """Tools that can remove what the benchmark stored: the lab's disk is small (10 GiB on radosgw)."""
+    """Tools that can remove what the benchmark stored: the lab's radosgw has a 32 GiB disk."""
 
     def clean(self) -> None:
         """Delete every bucket the cases wrote to, and what is in it."""

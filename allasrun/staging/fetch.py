@@ -18,11 +18,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Optional, Union
+from typing import Optional
 
 from allasrun.errors import BucketMissing, Corrupt, LocalFileError, StoreError
 from allasrun.log import log
 from allasrun.process import HOST, alive
+from allasrun.staging.behind import BEHIND, Behind
 from allasrun.staging.plan import StageIn
 from allasrun.staging.select import dir_like, inside, local_path, select_objects
 from allasrun.staging.store import OVER_S3, RemoteObject, Segment, Store, slo_etag
@@ -37,12 +38,7 @@ from allasrun.staging.transfer import (
     Transfer,
     not_moved,
 )
-from allasrun.staging.verify import SIZE, Behind, Verifier, identical_by
-
-# From this size on, a download is hashed on a thread of its own (verify.Behind): on 1 GiB from
-# radosgw, 4.2-4.6 s in line, 3.0-3.1 s behind (with 256 KiB chunks). Below it, a thread per file
-# would be overhead where many small files are staged and hashing is a small share of the time.
-BEHIND = 64 * 1024 * 1024
+from allasrun.staging.verify import SIZE, Verifier, identical_by
 
 NAME_MAX = 255  # bytes in one file name (Linux, Lustre, NFS)
 _TEMPORARY = re.compile(r"\..*\.allasrun-(?P<host>.+)-(?P<pid>[0-9]+)\.part", re.DOTALL)
@@ -205,8 +201,8 @@ class Fetcher:
         etag = headers.get("etag", "").strip('"')
         if etag.removesuffix(OVER_S3) != obj.md5.removesuffix(OVER_S3):
             raise Corrupt(f"{obj.name}: changed since it was listed (ETag {etag}, listed {obj.md5})")
-        verifier = Verifier(obj, segments)
-        check: Union[Verifier, Behind] = Behind(verifier) if obj.size >= BEHIND else verifier
+        check = Verifier(obj, segments)
+        behind = Behind(check.update) if obj.size >= BEHIND else None
         temporary, descriptor = self._temporary(path)
         try:
             # No fsync: it cost 1.8 s per GiB here, and buys nothing the checks don't. A file is
@@ -217,15 +213,17 @@ class Fetcher:
                     if self._stop.is_set():
                         raise Interrupted
                     out.write(chunk)
-                    check.update(chunk)
+                    (behind or check).update(chunk)
+            if behind:
+                behind.wait()
             digest = check.finish()
             os.replace(temporary, path)
         except OSError as error:  # a full disk or quota: not retried, the file system named
             self._discard(temporary)  # first, so that the free space named is what is left
             raise not_written(path, obj, error) from None
         finally:
-            if isinstance(check, Behind):
-                check.close()
+            if behind:
+                behind.close()
             self._discard(temporary)
         return digest, check.how
 

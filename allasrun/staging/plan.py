@@ -72,7 +72,7 @@ class Settings:
     """Knobs from `#ALLAS option` lines (and the command line, which wins)."""
 
     project: Optional[str] = None
-    threads: int = 8
+    threads: Optional[int] = None  # transfers at a time; None: as many as pay (staging/pace.py)
     segment_size: int = DEFAULT_SEGMENT
     retries: int = 5  # 1+2+4+8+16 s: an outage of half a minute per request is ridden out
     report: Optional[str] = None

@@ -264,15 +264,15 @@ class S3Store(retry.Requests):
             reply = self._call(action, "PUT", bucket, name, query=query, headers=headers, body=data)
             reply.content()
             return md5, _etag(reply.headers.get("etag", ""))
-        stream = Hashed(source, length)
-        if checked:
-            stream.digest_ahead()
-            headers["content-md5"] = base64.b64encode(stream.digest.digest()).decode()
-        reply = self._call(
-            action, "PUT", bucket, name, query=query, headers=headers, body=stream, again=stream.rewind
-        )
-        reply.content()
-        return stream.md5(), _etag(reply.headers.get("etag", ""))
+        with Hashed(source, length) as stream:
+            if checked:
+                stream.digest_ahead()
+                headers["content-md5"] = base64.b64encode(stream.digest.digest()).decode()
+            reply = self._call(
+                action, "PUT", bucket, name, query=query, headers=headers, body=stream, again=stream.rewind
+            )
+            reply.content()
+            return stream.md5(), _etag(reply.headers.get("etag", ""))
 
     def _ask(
         self,

@@ -23,6 +23,7 @@ from allasrun.errors import AllasrunError, BucketMissing, Corrupt, StoreError
 from allasrun.log import log
 from allasrun.staging.bundle import Bundler, bundles
 from allasrun.staging.fetch import Fetch, Fetcher, fetch_record, spec_record
+from allasrun.staging.pace import THREADS, Pace
 from allasrun.staging.plan import Settings, StageIn, StageOut
 from allasrun.staging.progress import Progress
 from allasrun.staging.put import Put, Uploader, listed_size, put_record
@@ -120,7 +121,7 @@ class Stager:
             puts += found
             records += problems
         total, count = sum(listed_size(p.file) for p in puts), len(puts)
-        grouped, alone = bundles(self.store, puts, self.settings.threads, self.settings.bundles)
+        grouped, alone = bundles(self.store, puts, self.settings.threads or THREADS, self.settings.bundles)
         del puts  # held by `alone` and `grouped` alone, and let go of as they are handed out
         bundler = None
         if isinstance(self.store, BulkStore):
@@ -222,12 +223,20 @@ class Stager:
         """Run the calls on the workers, each result to `done`, until all are done or a stop.
 
         At most twice as many calls as threads are handed out at a time, so memory stays flat
-        however many files there are; `cancelled` is asked at least every POLL seconds.
+        however many files there are; `cancelled` is asked at least every POLL seconds. The
+        number of threads follows `pace`: fixed, or more while more pay.
         """
-        pool: Workers[T] = Workers(self.settings.threads, "allasrun-stager")
+        pace = Pace(self.settings.threads)
+        pool: Workers[T] = Workers(pace.limit, "allasrun-stager")
+
+        def finished(result: T) -> None:
+            done(result)
+            pace.finished(1)
+
         try:
             for call in calls:
-                if not self._drain(pool, 2 * pool.size - 1, cancelled, done):
+                pool.resize(pace.limit)
+                if not self._drain(pool, 2 * pool.size - 1, cancelled, finished):
                     break
                 pool.submit(call)
             else:

@@ -257,10 +257,10 @@ class SwiftStore(retry.Requests):
             data, md5 = whole(source, size)
             headers["etag"] = md5
             return md5, self._headers(action, "PUT", bucket, name, headers=headers, body=data).get("etag", "")
-        body = Hashed(source, size)
-        reply = self._call(action, "PUT", bucket, name, headers=headers, body=body, again=body.rewind)
-        reply.content()
-        return body.md5(), reply.headers.get("etag", "").strip('"')
+        with Hashed(source, size) as body:
+            reply = self._call(action, "PUT", bucket, name, headers=headers, body=body, again=body.rewind)
+            reply.content()
+            return body.md5(), reply.headers.get("etag", "").strip('"')
 
     def put_manifest(self, bucket: str, name: str, segments: list[Segment]) -> None:
         """Create a static large object from uploaded segments (Swift checks each ETag).

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import re
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, Optional, Union
@@ -143,55 +141,6 @@ class Verifier:
         if any(p.complete and multipart_etag(p.md5s) == self.obj.md5 for p in self._layouts):
             return PER_PART
         return SIZE
-
-
-class Behind:
-    """A Verifier fed on a thread of its own, so that hashing overlaps receiving and writing.
-
-    MD5 costs about 1.5 s of CPU a GiB here, on the download's critical path when done in line;
-    hashlib and socket reads both release the GIL, so a thread takes it off that path. The
-    queue is bounded (`depth` chunks), so memory stays flat however fast the network is. A
-    corrupt segment is raised at the next `update` after it was found, or at `finish`.
-    """
-
-    def __init__(self, check: Verifier, depth: int = 8) -> None:
-        self._check = check
-        self._chunks: queue.Queue[Optional[bytes]] = queue.Queue(depth)
-        self._error: Optional[Exception] = None
-        self._thread = threading.Thread(target=self._hash, name="allasrun-verify", daemon=True)
-        self._thread.start()
-
-    @property
-    def how(self) -> str:
-        """As `Verifier.how`: set by `finish`."""
-        return self._check.how
-
-    def _hash(self) -> None:
-        while (chunk := self._chunks.get()) is not None:
-            if self._error is None:
-                try:
-                    self._check.update(chunk)
-                except Exception as error:  # kept for the downloading thread to raise
-                    self._error = error
-
-    def update(self, chunk: bytes) -> None:
-        """Queue the next chunk (an immutable bytes: it is read later); raise what hashing found."""
-        if self._error is not None:
-            raise self._error
-        self._chunks.put(chunk)
-
-    def finish(self) -> str:
-        """Wait for the hashing to catch up, then as `Verifier.finish`."""
-        self.close()
-        if self._error is not None:
-            raise self._error
-        return self._check.finish()
-
-    def close(self) -> None:
-        """End the thread, done or abandoned; idempotent."""
-        if self._thread.is_alive():
-            self._chunks.put(None)
-            self._thread.join()
 
 
 def identical_by(

@@ -24,12 +24,20 @@ class Workers(Generic[T]):
     """`size` daemon threads running the calls given to `submit`; results come from `collect`."""
 
     def __init__(self, size: int, name: str) -> None:
-        self.size = size
+        self.size = 0
         self.busy = 0  # calls submitted and not yet collected
+        self._name = name
         self._todo: queue.SimpleQueue[Optional[tuple[Future[T], Callable[[], T]]]] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[Future[T]] = queue.SimpleQueue()
-        for number in range(size):
-            threading.Thread(target=self._work, name=f"{name}-{number}", daemon=True).start()
+        self.resize(size)
+
+    def resize(self, size: int) -> None:
+        """`size` threads from now: new ones start at once, extra ones end as they come free."""
+        for number in range(self.size, size):
+            threading.Thread(target=self._work, name=f"{self._name}-{number}", daemon=True).start()
+        for _ in range(size, self.size):
+            self._todo.put(None)
+        self.size = size
 
     def submit(self, call: Callable[[], T]) -> None:
         """Queue one call for the next free thread."""

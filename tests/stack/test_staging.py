@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import pytest
 
 from allasrun import errors
-from allasrun.staging.fetch import BEHIND
+from allasrun.staging.behind import BEHIND
 from tests.stack.corruptproxy import CorruptingProxy
 from tests.stack.stackutil import (
     ALLASRUN,

@@ -6,15 +6,13 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import threading
 from pathlib import Path
-from typing import Union
 
 import pytest
 
 from allasrun.errors import Corrupt
 from allasrun.staging.store import RemoteObject, Segment, multipart_etag, slo_etag
-from allasrun.staging.verify import MIB, PER_SEGMENT, Behind, Verifier, identical_by, part_sizes
+from allasrun.staging.verify import MIB, Verifier, identical_by, part_sizes
 from tests.unit.fakestore import md5
 
 DATA = random.Random(3000).randbytes(3000)  # fixed: test ids must agree across xdist workers
@@ -34,7 +32,7 @@ def slo(data: bytes = DATA) -> tuple[RemoteObject, list[Segment]]:
     return RemoteObject("obj", offset, slo_etag(segments), slo=True), segments
 
 
-def feed(check: Union[Verifier, Behind], data: bytes, chunk: int) -> str:
+def feed(check: Verifier, data: bytes, chunk: int) -> str:
     for offset in range(0, len(data), chunk):
         check.update(data[offset : offset + chunk])
     return check.finish()
@@ -89,37 +87,6 @@ def test_slo_short_read() -> None:
     obj, segments = slo()
     with pytest.raises(Corrupt, match="received 2999 bytes, listed 3000"):
         feed(Verifier(obj, segments), DATA[:-1], 1000)
-
-
-def verify_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "allasrun-verify"]
-
-
-@pytest.mark.parametrize("chunk", [1, 333, 3000])
-def test_behind_checks_what_the_verifier_checks(chunk: int) -> None:
-    obj, segments = slo()
-    check = Behind(Verifier(obj, segments), depth=2)  # a small queue: the feeder waits on it
-    assert feed(check, DATA, chunk) == md5(DATA)
-    assert check.how == PER_SEGMENT
-    assert not verify_threads()
-
-
-def test_behind_raises_a_corrupt_segment_and_ends_its_thread() -> None:
-    obj, segments = slo()
-    check = Behind(Verifier(obj, segments))
-    with pytest.raises(Corrupt, match="obj: segment 2 has MD5"):
-        feed(check, flipped(DATA, 2100), 100)  # found on the thread, raised to the feeder
-    assert not verify_threads()
-    with pytest.raises(Corrupt, match="does not match the listed"):
-        feed(Behind(Verifier(plain(), None)), flipped(DATA, 5), 100)
-
-
-def test_an_abandoned_behind_ends_its_thread() -> None:
-    check = Behind(Verifier(plain(), None), depth=1)
-    check.update(DATA[:100])
-    check.close()
-    check.close()
-    assert not verify_threads()
 
 
 def write(tmp_path: Path, data: bytes) -> Path:
