@@ -7,7 +7,7 @@ next. So unless the user fixed a number (`#ALLAS option threads=N`, `--threads`)
 starts at THREADS and doubles the number in flight while each doubling raises the files done
 per second by GAIN, up to CEILING; once one does not, it goes back to the last number that
 paid and stays there. Large files are bound by bandwidth, so a doubling does not pay for them
-and they stay at THREADS.
+and they stay at THREADS. Stage-in only (the stager says why): a stage-out stays at THREADS.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ class Stager:
         total, count = sum(f.obj.size for f in fetches), len(fetches)
         del resolved  # the fetches are held by the deque alone, and let go of as they are handed out
         tasks = (_single(fetch_record(f), partial(self._fetcher.fetch, f)) for f in _handed(fetches))
-        return self._run("stage-in", tasks, count, total, cancelled)
+        return self._run("stage-in", tasks, count, total, cancelled, Pace(self.settings.threads))
 
     # ---------------------------------------------------------------- stage-out
 
@@ -128,7 +128,7 @@ class Stager:
             bundler = Bundler(self.store, self._uploader, self._put_alone)
         tasks = self._out_tasks(deque(alone), deque(grouped), bundler)
         del alone, grouped
-        records += self._run("stage-out", tasks, count, total, lambda: False)
+        records += self._run("stage-out", tasks, count, total, lambda: False, self._fixed())
         if bundler and bundler.bundles:
             log.info("stage-out: %d small file(s) went in %d tar bundle(s)", bundler.files, bundler.bundles)
         return records
@@ -182,8 +182,23 @@ class Stager:
             time.sleep(delay)
         raise AssertionError("unreachable")
 
+    def _fixed(self) -> Pace:
+        """The threads the user gave, else THREADS: no more, however the rate goes.
+
+        For a stage-out: it holds each transfer's bytes in memory (a bundle of up to 4 MiB, a
+        small file up to 8 MiB), so more in flight would cost memory; a stage-in streams to
+        disk, and adapts (`Pace(self.settings.threads)`).
+        """
+        return Pace(self.settings.threads or THREADS)
+
     def _run(
-        self, label: str, tasks: Iterable[Task], count: int, total: int, cancelled: Callable[[], bool]
+        self,
+        label: str,
+        tasks: Iterable[Task],
+        count: int,
+        total: int,
+        cancelled: Callable[[], bool],
+        pace: Pace,
     ) -> list[Transfer]:
         """Run the tasks (`count` files, `total` bytes) on the threads, with progress, until cancelled.
 
@@ -209,7 +224,7 @@ class Stager:
                 progress.advance(record)
 
         try:
-            self._gather(handed(), cancelled, done)
+            self._gather(handed(), cancelled, done, pace)
         finally:
             progress.close()
         left = [*running.values(), *(records for records, _ in waiting)]
@@ -218,15 +233,19 @@ class Stager:
         ]
 
     def _gather(
-        self, calls: Iterable[Callable[[], T]], cancelled: Callable[[], bool], done: Callable[[T], None]
+        self,
+        calls: Iterable[Callable[[], T]],
+        cancelled: Callable[[], bool],
+        done: Callable[[T], None],
+        pace: Optional[Pace] = None,
     ) -> None:
         """Run the calls on the workers, each result to `done`, until all are done or a stop.
 
         At most twice as many calls as threads are handed out at a time, so memory stays flat
         however many files there are; `cancelled` is asked at least every POLL seconds. The
-        number of threads follows `pace`: fixed, or more while more pay.
+        number of threads follows `pace`: fixed (by default), or more while more pay.
         """
-        pace = Pace(self.settings.threads)
+        pace = pace or self._fixed()
         pool: Workers[T] = Workers(pace.limit, "allasrun-stager")
 
         def finished(result: T) -> None:
