@@ -4,8 +4,9 @@ Small files are bound by the round trip of each request, not by bandwidth: on a 
 milliseconds away, 8 requests at a time leave the link and the server mostly idle, and what
 suits one site (the lab's loopback, Allas from Puhti, LUMI-O from elsewhere) does not suit the
 next. So unless the user fixed a number (`#ALLAS option threads=N`, `--threads`), the stager
-starts at THREADS and doubles the number in flight while each doubling raises the files done
-per second by GAIN, up to CEILING; once one does not, it goes back to the last number that
+starts at THREADS and, after a first window to warm up (connections opened: its rate is not a
+fair baseline), doubles the number in flight while each doubling raises the files done per
+second by GAIN, up to CEILING; once one does not, it goes back to the last number that
 paid and stays there. Large files are bound by bandwidth, so a doubling does not pay for them
 and they stay at THREADS. Stage-in only (the stager says why): a stage-out stays at THREADS.
 """
@@ -33,6 +34,7 @@ class Pace:
         self.ceiling = fixed or CEILING
         self._clock = clock
         self._settled = fixed is not None
+        self._warm = False  # the first window is over
         self._best = 0.0  # files a second at the last limit that paid
         self._start = clock()
         self._done = 0
@@ -46,7 +48,9 @@ class Pace:
         if elapsed < WINDOW or self._done < LEAST * self.limit:
             return
         rate = self._done / elapsed
-        if rate >= self._best * GAIN and self.limit < self.ceiling:
+        if not self._warm:
+            self._warm = True
+        elif rate >= self._best * GAIN and self.limit < self.ceiling:
             self._best = rate
             self.limit = min(2 * self.limit, self.ceiling)
             log.debug("%.0f transfers a second; %d at a time from now", rate, self.limit)

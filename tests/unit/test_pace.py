@@ -1,5 +1,6 @@
-"""The number of transfers in flight: fixed when the user says so, else doubled while a doubling
-raises the rate by GAIN, back to the last that paid once one does not, never over CEILING."""
+"""The number of transfers in flight: fixed when the user says so, else, after a window to warm
+up, doubled while a doubling raises the rate by GAIN, back to the last that paid once one does
+not, never over CEILING."""
 
 from __future__ import annotations
 
@@ -41,8 +42,16 @@ def test_a_doubling_that_does_not_pay_is_undone_and_growth_stops() -> None:
     pace = Pace(None, clock)
     # The server gives 16 at a time 1.5x the rate of 8, and 32 only 1.1x that of 16.
     rates = {8: 400.0, 16: 600.0, 32: 660.0, 64: 700.0}
-    assert run(pace, clock, lambda limit: 1 / rates[limit], windows=8) == [8, 16, 32, 16]
+    assert run(pace, clock, lambda limit: 1 / rates[limit], windows=16) == [8, 16, 32, 16]
     assert 660 / 600 < GAIN < 600 / 400
+
+
+def test_a_slow_start_is_not_taken_for_a_baseline() -> None:
+    clock = Clock()
+    pace = Pace(None, clock)
+    # Connections opened in the first second: 100 files a second; then 400 at any number.
+    slow_start = lambda limit: 1 / (100 if clock.now < WINDOW else 400)  # noqa: E731
+    assert run(pace, clock, slow_start, windows=4) == [8, 16, 8]
 
 
 def test_bandwidth_bound_transfers_stay_at_the_start() -> None:
