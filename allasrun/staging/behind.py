@@ -12,7 +12,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from types import TracebackType
 from typing import Optional
 
 BEHIND = 64 * 1024 * 1024  # bytes from which a transfer is hashed behind
@@ -31,14 +30,6 @@ class Behind:
         self._error: Optional[Exception] = None
         self._thread = threading.Thread(target=self._hash, name="allasrun-hash", daemon=True)
         self._thread.start()
-
-    def __enter__(self) -> Behind:
-        return self
-
-    def __exit__(
-        self, kind: Optional[type[BaseException]], value: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
-        self.close()
 
     def _hash(self) -> None:
         while (chunk := self._chunks.get()) is not None:

@@ -15,7 +15,6 @@ A file shorter than it was listed fails here (`Truncated`), before or instead of
 from __future__ import annotations
 
 import hashlib
-from types import TracebackType
 from typing import BinaryIO, Optional
 
 from allasrun.errors import StoreError
@@ -41,8 +40,8 @@ def short(source: BinaryIO, length: int, got: int) -> None:
 class Hashed:
     """`length` bytes of a file from its position, MD5-hashed as http.client reads them to send.
 
-    http.client asks for `blocksize` bytes a read; at least CHUNK are read. Use it in a `with`:
-    the hashing thread of a large one ends there, whether the upload finished or not.
+    http.client asks for `blocksize` bytes a read; at least CHUNK are read. `close` it (with
+    `contextlib.closing`): the hashing thread of a large one ends there, sent or not.
     """
 
     def __init__(self, source: BinaryIO, length: int) -> None:
@@ -51,14 +50,6 @@ class Hashed:
         self._ahead = False
         self._behind: Optional[Behind] = None
         self.rewind()
-
-    def __enter__(self) -> Hashed:
-        return self
-
-    def __exit__(
-        self, kind: Optional[type[BaseException]], value: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """End the hashing thread, if any."""

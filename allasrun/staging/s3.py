@@ -38,6 +38,7 @@ listed once it is complete).
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, Optional
 from urllib.parse import quote, unquote_plus, urlsplit
@@ -264,7 +265,7 @@ class S3Store(retry.Requests):
             reply = self._call(action, "PUT", bucket, name, query=query, headers=headers, body=data)
             reply.content()
             return md5, _etag(reply.headers.get("etag", ""))
-        with Hashed(source, length) as stream:
+        with contextlib.closing(Hashed(source, length)) as stream:
             if checked:
                 stream.digest_ahead()
                 headers["content-md5"] = base64.b64encode(stream.digest.digest()).decode()

@@ -30,6 +30,7 @@ failures become `StoreError`s naming the URL in `_refusal` and `wire.store_error
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -257,7 +258,7 @@ class SwiftStore(retry.Requests):
             data, md5 = whole(source, size)
             headers["etag"] = md5
             return md5, self._headers(action, "PUT", bucket, name, headers=headers, body=data).get("etag", "")
-        with Hashed(source, size) as body:
+        with contextlib.closing(Hashed(source, size)) as body:
             reply = self._call(action, "PUT", bucket, name, headers=headers, body=body, again=body.rewind)
             reply.content()
             return body.md5(), reply.headers.get("etag", "").strip('"')

@@ -3,6 +3,7 @@ thread, and no thread left behind, whether the transfer finished or was abandone
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
@@ -23,7 +24,7 @@ def hashing_threads() -> list[threading.Thread]:
 
 
 def fed(check: Verifier, data: bytes, chunk: int, depth: int = 8) -> str:
-    with Behind(check.update, depth) as behind:
+    with contextlib.closing(Behind(check.update, depth)) as behind:
         for offset in range(0, len(data), chunk):
             behind.update(data[offset : offset + chunk])
         behind.wait()
@@ -66,7 +67,7 @@ def hashed_behind(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_an_upload_hashed_behind_gives_the_md5_of_what_was_sent() -> None:
     source = io.BytesIO(b"head" + DATA)
     source.seek(4)  # sent from here, as a segment is
-    with payload.Hashed(source, len(DATA) - 10) as body:
+    with contextlib.closing(payload.Hashed(source, len(DATA) - 10)) as body:
         assert hashing_threads()
         while body.read(512):
             pass
@@ -80,11 +81,11 @@ def test_an_upload_hashed_behind_gives_the_md5_of_what_was_sent() -> None:
 @pytest.mark.usefixtures("hashed_behind")
 def test_an_abandoned_upload_ends_its_hashing_thread() -> None:
     source = io.BytesIO(DATA)
-    with pytest.raises(RuntimeError), payload.Hashed(source, len(DATA)) as body:
+    with pytest.raises(RuntimeError), contextlib.closing(payload.Hashed(source, len(DATA))) as body:
         body.read(512)
         raise RuntimeError("the connection was cut")
     assert not hashing_threads()
-    with payload.Hashed(io.BytesIO(DATA), len(DATA)) as body:
+    with contextlib.closing(payload.Hashed(io.BytesIO(DATA), len(DATA))) as body:
         body.digest_ahead()  # hashed in line, before sending: no thread
         assert not hashing_threads()
         assert body.digest.hexdigest() == md5(DATA)
