@@ -34,11 +34,22 @@ THREADS = 8
 
 
 def timed(command: Sequence[str], env: dict[str, str], cwd: Path) -> float:
-    """Wall seconds of one run of `command`, which must succeed."""
+    """Wall seconds of one run of `command`; one that fails ends the benchmark, saying why."""
     start = time.perf_counter()
-    subprocess.run(
-        list(command), env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    done = subprocess.run(
+        list(command),
+        check=False,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    if done.returncode:
+        tail = "\n".join(done.stderr.splitlines()[-5:])
+        raise SystemExit(
+            f"bench: {command[0]} exited {done.returncode}: {' '.join(command[1:4])} ...\n{tail}"
+        )
     return time.perf_counter() - start
 
 
