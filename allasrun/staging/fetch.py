@@ -25,7 +25,7 @@ from allasrun.log import log
 from allasrun.process import HOST, alive
 from allasrun.staging.behind import BEHIND, Behind
 from allasrun.staging.plan import StageIn
-from allasrun.staging.select import dir_like, inside, local_path, select_objects
+from allasrun.staging.select import dir_like, inside, local_path, select_objects, without_companions
 from allasrun.staging.store import OVER_S3, RemoteObject, Segment, Store, slo_etag
 from allasrun.staging.transfer import (
     DONE,
@@ -83,6 +83,11 @@ class Fetcher:
         chosen, base, single = select_objects(spec, [o for o in listed if not o.folder])
         if not chosen and select_objects(spec, [o for o in listed if o.folder])[0]:
             return [], []  # only folder markers: an empty folder, made when staged in
+        if not single and not spec.ameta:
+            chosen, companions = without_companions(chosen)
+            if companions:
+                message = "%s: %d a-put metadata object(s) (*_ameta) left out; --ameta stages them"
+                log.info(message, source, companions)
         if not chosen:
             reason = f"no object matches {source}"
             return [], [not_moved("stage-in", spec.where, source, spec.destination, MISSING, reason)]

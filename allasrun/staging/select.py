@@ -38,6 +38,21 @@ def select_objects(spec: StageIn, objects: list[RemoteObject]) -> tuple[list[Rem
     return [o for o in objects if o.name.startswith(prefix)], prefix, False
 
 
+AMETA = "_ameta"  # a-put's companion of each object it stores: `<object>_ameta`, what it recorded
+
+
+def without_companions(objects: list[RemoteObject]) -> tuple[list[RemoteObject], int]:
+    """The objects but a-put's `<object>_ameta` companions of others among them, and how many those were.
+
+    A companion is a few lines of text about its object (who, where from, the file list): as
+    files beside the data, half of a prefix's files were these (12 of 24 in one run). One whose
+    object is not among them is no companion (or was asked for, as a glob `*_ameta` asks) and stays.
+    """
+    names = {o.name for o in objects}
+    kept = [o for o in objects if not (o.name.endswith(AMETA) and o.name[: -len(AMETA)] in names)]
+    return kept, len(objects) - len(kept)
+
+
 def glob_regex(pattern: str) -> re.Pattern[str]:
     """Shell-like: `*` and `?` stay within one path segment, `**` crosses them, `[...]` is a set."""
     out, i = [], 0

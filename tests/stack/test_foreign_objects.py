@@ -248,3 +248,31 @@ def test_sigterm_during_a_stalled_stage_in(
     assert not (tmp_path / "ran").exists()
     assert not list(tmp_path.rglob("*.part"))
     assert [t["status"] for t in report(tmp_path)["transfers"]] == ["cancelled"]
+
+
+def test_a_put_metadata_companions_stay_out_unless_asked(stack: Stack, home: Path, tmp_path: Path) -> None:
+    """What a-put leaves: `<object>_ameta` beside each object; a file merely named `*_ameta` is data."""
+    make_bucket(stack, BUCKET)
+    prefix = f"aput-{uuid.uuid4().hex[:8]}"
+    ameta = b"user: someone\nhost: puhti-login11\ninput: results\ncompression: none\n"
+    objects = {"results.tar": b"tar", "results.tar_ameta": ameta, "notes_ameta": b"mine\n", "r.txt": b"r\n"}
+    for name, data in objects.items():
+        put_object(stack, BUCKET, f"{prefix}/{name}", data)
+    script = job(
+        tmp_path,
+        f"#ALLAS stage-in {BUCKET}/{prefix}/ plain/\n"
+        f"#ALLAS stage-in {BUCKET}/{prefix}/ asked/ --ameta\n"
+        f"#ALLAS stage-in {BUCKET}/{prefix}/*_ameta globbed/\n"
+        f"#ALLAS stage-in {BUCKET}/{prefix}/results.tar_ameta named/",
+    )
+    result = run_job(stack, home, script)
+    assert result.returncode == 0, result.stderr
+
+    def got(folder: str) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in (tmp_path / folder).iterdir()}
+
+    assert got("plain") == {k: v for k, v in objects.items() if k != "results.tar_ameta"}
+    assert got("asked") == objects
+    assert got("globbed") == {"results.tar_ameta": ameta, "notes_ameta": b"mine\n"}
+    assert got("named") == {"results.tar_ameta": ameta}
+    assert f"allas:{BUCKET}/{prefix}/: 1 a-put metadata object(s) (*_ameta) left out" in result.stderr

@@ -155,6 +155,13 @@ def test_node_local_is_under_tmpdir_or_local_scratch_or_said() -> None:
     assert local.settings == shared.settings == plan.settings
 
 
+def test_ameta_asks_for_a_put_companions() -> None:
+    plan = plan_of("#ALLAS stage-in b/in/ in/ --ameta\n#ALLAS stage-in b/x/ x/\n", {})
+    assert [s.ameta for s in plan.stage_in] == [True, False]
+    with pytest.raises(DirectiveError, match="ameta"):
+        plan_of("#ALLAS stage-out out/ b/out/ --ameta\n", {})
+
+
 def test_node_name_placeholder_needs_slurm() -> None:
     with pytest.raises(DirectiveError, match="%N cannot be substituted: not inside a Slurm job"):
         plan_of("#ALLAS stage-out out/ bkt/%N/\n", {})

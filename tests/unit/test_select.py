@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from allasrun.staging.plan import StageIn
-from allasrun.staging.select import glob_regex, inside, local_files, local_path, select_objects
+from allasrun.staging.select import (
+    glob_regex,
+    inside,
+    local_files,
+    local_path,
+    select_objects,
+    without_companions,
+)
 from allasrun.staging.store import RemoteObject
 
 NAMES = ["data.txt", "data/a.txt", "data/sub/b.txt", "database/c.txt", "logs/x.log"]
@@ -68,6 +75,22 @@ def select(key: str) -> tuple[list[str], str, bool]:
 )
 def test_select_objects(key: str, expected: tuple[list[str], str, bool]) -> None:
     assert select(key) == expected
+
+
+@pytest.mark.parametrize(
+    ("names", "kept"),
+    [
+        (["d.tar", "d.tar_ameta", "f.zst", "f.zst_ameta"], ["d.tar", "f.zst"]),  # a-put's pairs
+        (["sub/d.tar", "sub/d.tar_ameta", "sub/e.txt"], ["sub/d.tar", "sub/e.txt"]),
+        (["notes_ameta", "x.txt"], ["notes_ameta", "x.txt"]),  # no object of its own: a file
+        (["d.tar_ameta", "e.tar_ameta"], ["d.tar_ameta", "e.tar_ameta"]),  # a glob `*_ameta` asked
+        (["d.tar_ameta_ameta", "d.tar_ameta", "d.tar"], ["d.tar"]),
+    ],
+)
+def test_a_put_companions_are_left_out(names: list[str], kept: list[str]) -> None:
+    chosen, left_out = without_companions([RemoteObject(n, 1, "0" * 32) for n in names])
+    assert [o.name for o in chosen] == kept
+    assert left_out == len(names) - len(kept)
 
 
 @pytest.mark.parametrize(
