@@ -170,3 +170,12 @@ class BucketMissing(StoreError):
 
 class Corrupt(StoreError):
     """What arrived is not what the store listed (size, MD5, or the object changed meanwhile)."""
+
+
+class BadArchive(AllasrunError):
+    """An archive `--unpack` will not extract: unreadable, unsafe, or not what its `_ameta` lists.
+
+    Its stage-in is refused (exit 74): the object itself is the problem, so it is not retried.
+    """
+
+    exit_code = EXIT_STAGE_IN

@@ -98,7 +98,7 @@ def _check(directive: Directive) -> None:
     """Argument counts and option names/values for each verb."""
     if directive.verb == "stage-in":
         _count(directive, 1, 2, "SOURCE [DESTINATION]")
-        _allowed(directive, {"node-local": None, "ameta": None})
+        _allowed(directive, {"node-local": None, "ameta": None, "unpack": None})
     elif directive.verb == "stage-out":
         _count(directive, 2, 2, "SOURCE DESTINATION")
         _allowed(directive, {"when": WHEN, "no-overwrite": None, "node-local": None, "large": LARGE})

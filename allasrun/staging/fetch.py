@@ -14,18 +14,19 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
-from allasrun.errors import BucketMissing, Corrupt, LocalFileError, StoreError
+from allasrun.errors import BadArchive, BucketMissing, Corrupt, LocalFileError, StoreError
 from allasrun.log import log
 from allasrun.process import HOST, alive
 from allasrun.staging.behind import BEHIND, Behind
 from allasrun.staging.plan import StageIn
-from allasrun.staging.select import dir_like, inside, local_path, select_objects, without_companions
+from allasrun.staging.select import AMETA, dir_like, inside, local_path, select_objects, without_companions
 from allasrun.staging.store import OVER_S3, RemoteObject, Segment, Store, slo_etag
 from allasrun.staging.transfer import (
     DONE,
@@ -38,6 +39,7 @@ from allasrun.staging.transfer import (
     Transfer,
     not_moved,
 )
+from allasrun.staging.unpack import Body, check_listing, kind_of, move_into, unpack
 from allasrun.staging.verify import SIZE, Verifier, identical_by
 
 NAME_MAX = 255  # bytes in one file name (Linux, Lustre, NFS)
@@ -46,11 +48,12 @@ _TEMPORARY = re.compile(r"\..*\.allasrun-(?P<host>.+)-(?P<pid>[0-9]+)\.part", re
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
-    """One object to download to one local path."""
+    """One object to download to one local path (with `--unpack`: to unpack into that folder)."""
 
     spec: StageIn
     obj: RemoteObject
     path: Path
+    ameta: Optional[RemoteObject] = None  # a-put's `<object>_ameta`, to check an unpacked tree by
 
 
 class Fetcher:
@@ -92,6 +95,8 @@ class Fetcher:
             reason = f"no object matches {source}"
             return [], [not_moved("stage-in", spec.where, source, spec.destination, MISSING, reason)]
         destination = local_path(spec.destination, self.workdir)
+        if spec.unpack:
+            return _unpacks(spec, chosen, base, single, destination, {o.name: o for o in listed})
         into_dir = dir_like(spec.destination, destination) or not single
         fetches, refused = [], []
         for obj in chosen:
@@ -124,16 +129,24 @@ class Fetcher:
     def fetch(self, fetch: Fetch, record: Transfer) -> None:
         """One object into place, or skipped as identical: the job that fills in `record`."""
         obj, path = fetch.obj, fetch.path
-        self._sweep(path.parent)
+        self._sweep(path if fetch.spec.unpack else path.parent)
         segments = self._retry(lambda: self._segments(fetch.spec.bucket, obj)) if obj.large else None
-        try:
-            identical = identical_by(path, obj, segments) if path.is_file() else ""
-        except OSError as error:  # a name too long for the file system, a folder unreadable
-            raise LocalFileError.of(error, "check the existing file") from None
-        if identical:
-            record.status, record.md5, record.verified = SKIPPED, obj.md5, identical
-            return
-        record.md5, record.verified = self._retry(lambda: self._download(fetch, segments))
+        if fetch.spec.unpack:
+            try:
+                unpacked = self._retry(lambda: self._unpack(fetch, segments))
+            except BadArchive as error:
+                record.status, record.error = REFUSED, str(error)
+                return
+            record.md5, record.verified, record.unpacked = unpacked
+        else:
+            try:
+                identical = identical_by(path, obj, segments) if path.is_file() else ""
+            except OSError as error:  # a name too long for the file system, a folder unreadable
+                raise LocalFileError.of(error, "check the existing file") from None
+            if identical:
+                record.status, record.md5, record.verified = SKIPPED, obj.md5, identical
+                return
+            record.md5, record.verified = self._retry(lambda: self._download(fetch, segments))
         record.status, record.bytes = DONE, obj.size
         if record.verified == SIZE and obj.md5.endswith(OVER_S3):
             log.warning(
@@ -152,7 +165,7 @@ class Fetcher:
         """Remove every download's temporary file, even one a stuck thread still holds."""
         with self._lock:
             for temporary in self._temporaries:
-                temporary.unlink(missing_ok=True)
+                _remove(temporary)
             self._temporaries.clear()
 
     def _sweep(self, directory: Path) -> None:
@@ -198,15 +211,20 @@ class Fetcher:
             )
         return segments
 
-    def _download(self, fetch: Fetch, segments: Optional[list[Segment]]) -> tuple[str, str]:
-        """The object into a temporary file, verified, renamed into place: its MD5 and how it was verified."""
-        obj, path = fetch.obj, fetch.path
-        make_folder(path.parent)
+    def _opened(self, fetch: Fetch, segments: Optional[list[Segment]]) -> tuple[Iterator[bytes], Verifier]:
+        """The object's body, checked to be the one listed, and the Verifier to feed it to."""
+        obj = fetch.obj
         headers, body = self.store.download(fetch.spec.bucket, obj.name)
         etag = headers.get("etag", "").strip('"')
         if etag.removesuffix(OVER_S3) != obj.md5.removesuffix(OVER_S3):
             raise Corrupt(f"{obj.name}: changed since it was listed (ETag {etag}, listed {obj.md5})")
-        check = Verifier(obj, segments)
+        return body, Verifier(obj, segments)
+
+    def _download(self, fetch: Fetch, segments: Optional[list[Segment]]) -> tuple[str, str]:
+        """The object into a temporary file, verified, renamed into place: its MD5 and how it was verified."""
+        obj, path = fetch.obj, fetch.path
+        make_folder(path.parent)
+        body, check = self._opened(fetch, segments)
         behind = Behind(check.update) if obj.size >= BEHIND else None
         temporary, descriptor = self._temporary(path)
         try:
@@ -232,6 +250,49 @@ class Fetcher:
             self._discard(temporary)
         return digest, check.how
 
+    def _unpack(self, fetch: Fetch, segments: Optional[list[Segment]]) -> tuple[str, str, list[str]]:
+        """An archive unpacked into a temporary folder as it streams, verified, moved into place.
+
+        Its MD5, how it was verified, and the members unpacked. The tree is moved into the
+        destination only after the object's MD5 (and the file list of its `_ameta`) checked out.
+        """
+        obj, folder = fetch.obj, fetch.path
+        kind = kind_of(obj.name) or ""
+        make_folder(folder)
+        chunks, check = self._opened(fetch, segments)
+        behind = Behind(check.update) if obj.size >= BEHIND else None
+        body = Body(chunks, (behind or check).update, self._stop)
+        temporary = self._temporary_folder(folder / PurePosixPath(obj.name).name)
+        try:
+            try:
+                unpacked = unpack(kind, body, temporary, obj.name)
+            finally:
+                if behind:
+                    behind.wait()
+            digest = check.finish()
+            if fetch.ameta:
+                listed = check_listing(self._text(fetch.spec.bucket, fetch.ameta.name), unpacked, obj.name)
+                log.info("%s: the %d file(s) %s lists arrived whole", obj.name, listed, fetch.ameta.name)
+            move_into(temporary, folder)
+        except BadArchive:
+            if body.ended:  # read to its end: a transfer that broke it is told by the MD5, and retried
+                check.finish()
+            raise
+        except OSError as error:
+            self._discard(temporary)
+            raise not_written(folder, obj, error) from None
+        finally:
+            if behind:
+                behind.close()
+            self._discard(temporary)
+        source = fetch.spec.address(obj.name)
+        log.info("%s: %d member(s) unpacked into %s", source, len(unpacked.members), folder)
+        return digest, check.how, unpacked.members
+
+    def _text(self, bucket: str, name: str) -> str:
+        """A small object's text (a-put's `_ameta`)."""
+        return b"".join(self.store.download(bucket, name)[1]).decode(errors="replace")
+
     def _temporary(self, path: Path) -> tuple[Path, int]:
         """A new file beside `path` to download into, and its descriptor.
 
@@ -251,11 +312,59 @@ class Fetcher:
             self._temporaries.add(temporary)
         return temporary, descriptor
 
+    def _temporary_folder(self, path: Path) -> Path:
+        """A new, private folder beside `path` to unpack into; registered as `_temporary` registers files."""
+        temporary = temporary_name(path)
+        with self._lock:
+            if self._stop.is_set():
+                raise Interrupted
+            try:
+                temporary.mkdir(0o700)
+            except OSError as error:
+                raise LocalFileError.of(error, "create the unpacking's temporary folder") from None
+            self._temporaries.add(temporary)
+        return temporary
+
     def _discard(self, temporary: Path) -> None:
         with self._lock:
             if temporary in self._temporaries:
-                temporary.unlink(missing_ok=True)
+                _remove(temporary)
                 self._temporaries.discard(temporary)
+
+
+def _unpacks(
+    spec: StageIn,
+    chosen: list[RemoteObject],
+    base: str,
+    single: bool,
+    destination: Path,
+    listed: dict[str, RemoteObject],
+) -> tuple[list[Fetch], list[Transfer]]:
+    """`--unpack`'s fetches: each archive into the destination (a prefix's into their own folders).
+
+    An object that is not one of a-put's forms is refused, named: unpacking it cannot work.
+    """
+    fetches, refused = [], []
+    for obj in chosen:
+        folder = PurePosixPath(obj.name[len(base) :]).parent if not single else PurePosixPath(".")
+        into = destination if str(folder) == "." else inside(destination, str(folder))
+        if kind_of(obj.name) is None:
+            reason = f"{obj.name} is not a .tar, .tar.zst or .zst object: --unpack cannot unpack it"
+        elif into is None:
+            reason = f"object name {obj.name!r} would escape {destination}"
+        else:
+            fetches.append(Fetch(spec, obj, into, listed.get(obj.name + AMETA)))
+            continue
+        refused.append(not_moved("stage-in", spec.where, spec.address(obj.name), "", REFUSED, reason))
+    return fetches, refused
+
+
+def _remove(path: Path) -> None:
+    """A temporary file, or an unpacking's temporary folder with all in it."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def make_folder(path: Path) -> None:

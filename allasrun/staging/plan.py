@@ -98,6 +98,7 @@ class StageIn:
     node_local: bool = False  # into node-local scratch: staged on every node of the job
     remote: str = "allas"  # a name in REMOTES; "" until a bare address's protocol is chosen
     ameta: bool = False  # `--ameta`: a-put's `<object>_ameta` companions are staged too
+    unpack: bool = False  # `--unpack`: a-put's archives extracted into the destination (staging/unpack.py)
 
     def address(self, name: Optional[str] = None) -> str:
         """`remote:bucket/name` (the directive's key by default), as reports and messages show it."""
@@ -238,8 +239,8 @@ def build(
             remote, bucket, key = _address(directive, words[0], strict_name=False)
             destination = words[1] if len(words) > 1 else "./"
             local = _node_local(directive, destination, env)
-            ameta = "ameta" in directive.options
-            stage_in.append(StageIn(directive.where, bucket, key, destination, local, remote, ameta))
+            flags = {name: name in directive.options for name in ("ameta", "unpack")}
+            stage_in.append(StageIn(directive.where, bucket, key, destination, local, remote, **flags))
         elif directive.verb == "stage-out":
             remote, bucket, key = _address(directive, words[1], strict_name=True, known=strict)
             stage_out.append(

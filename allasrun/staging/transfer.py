@@ -7,7 +7,7 @@ and the retry they are handed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 T = TypeVar("T")
@@ -46,6 +46,7 @@ class Transfer:
     status: str = FAILED
     error: str = ""
     verified: str = ""
+    unpacked: list[str] = field(default_factory=list)  # `--unpack`: the archive's members, in order
 
 
 def not_moved(direction: str, where: str, source: str, destination: str, status: str, error: str) -> Transfer:
