@@ -101,7 +101,10 @@ def _check(directive: Directive) -> None:
         _allowed(directive, {"node-local": None, "ameta": None, "unpack": None})
     elif directive.verb == "stage-out":
         _count(directive, 2, 2, "SOURCE DESTINATION")
-        _allowed(directive, {"when": WHEN, "no-overwrite": None, "node-local": None, "large": LARGE})
+        options = {"when": WHEN, "no-overwrite": None, "node-local": None, "large": LARGE, "pack": None}
+        _allowed(directive, {**options, "compress": None})
+        if "compress" in directive.options and "pack" not in directive.options:
+            raise directive.fail("--compress goes with --pack (a-put's .tar.zst)")
     else:
         _count(directive, 1, len(SETTINGS), "NAME=VALUE ...")
         _allowed(directive, {})

@@ -135,6 +135,8 @@ class StageOut:
     node_local: bool = False  # from node-local scratch: staged out from every node of the job
     remote: str = "allas"  # a name in REMOTES; "" until a bare address's protocol is chosen
     large: str = ""  # `--large=`: "segments" or "multipart" over S3; "" the form the bucket uses
+    pack: bool = False  # `--pack`: one a-put-style object and its `_ameta` (staging/pack.py)
+    compress: bool = False  # `--compress`: the pack as `.tar.zst` (a file as `.zst`)
 
     def address(self, name: Optional[str] = None) -> str:
         """`remote:bucket/name` (the directive's key by default), as reports and messages show it."""
@@ -150,6 +152,10 @@ class StageOut:
                 self.where,
                 "--large=segments needs Allas (s3allas:); LUMI-O is reached over S3 alone",
                 f"stage-out {self.source} {self.address()} --large=segments",
+            )
+        if self.pack and is_pattern(self.source):
+            raise DirectiveError(
+                self.where, "--pack packs one folder (or file), not a pattern", f"stage-out {self.source}"
             )
         if self.large == "multipart" and self.remote and REMOTES[self.remote].protocol == SWIFT:
             raise DirectiveError(
@@ -254,6 +260,8 @@ def build(
                     _node_local(directive, words[0], env),
                     remote,
                     directive.options.get("large", ""),
+                    "pack" in directive.options,
+                    "compress" in directive.options,
                 ).checked()
             )
         else:

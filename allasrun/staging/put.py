@@ -271,7 +271,7 @@ class Uploader:
         if bucket not in self._segment_buckets:
             self.store.ensure_bucket(bucket)
             self._segment_buckets.add(bucket)
-        with _uploading(segment_stamp()) as stamp:
+        with uploading(segment_stamp()) as stamp:
             return self._upload_segments(put, source, size, step, landed, bucket, stamp)
 
     def _upload_segments(
@@ -428,7 +428,7 @@ def abandoned(stamp: str, now: float) -> bool:
 
 
 @contextlib.contextmanager
-def _uploading(stamp: str) -> Iterator[str]:
+def uploading(stamp: str) -> Iterator[str]:
     """Marks a large upload as in flight in this process while its segments and manifest go."""
     with _UPLOADING_LOCK:
         _UPLOADING.add(stamp)

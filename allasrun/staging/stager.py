@@ -24,6 +24,7 @@ from allasrun.log import log
 from allasrun.staging.bundle import Bundler, bundles
 from allasrun.staging.fetch import Fetch, Fetcher, fetch_record, spec_record
 from allasrun.staging.pace import THREADS, Pace
+from allasrun.staging.pack import Pack, Packer, pack_record
 from allasrun.staging.plan import Settings, StageIn, StageOut
 from allasrun.staging.progress import Progress
 from allasrun.staging.put import Put, Uploader, listed_size, put_record
@@ -60,6 +61,7 @@ class Stager:
         self._stop = threading.Event()
         self._fetcher = Fetcher(store, workdir, self._retry, self._stop)
         self._uploader = Uploader(store, settings, workdir, self._retry, swift)
+        self._packer = Packer(store, workdir, self._retry, settings.segment_size)
 
     # ---------------------------------------------------------------- stage-in
 
@@ -108,8 +110,17 @@ class Stager:
         earlier stage-out); nothing else the directives name now is touched or reported.
         """
         puts: list[Put] = []
+        packs: list[Pack] = []
         records: list[Transfer] = []
         for spec in specs:
+            if spec.pack:
+                pack, problems = self._packer.resolve(spec)
+                wanted = (
+                    only is None or pack is None or (str(pack.path), pack_record(pack).destination) in only
+                )
+                packs += [pack] if pack and wanted else []
+                records += problems
+                continue
             try:
                 self.store.ensure_bucket(spec.bucket)
                 found, problems = self.resolve_out(spec)
@@ -126,7 +137,7 @@ class Stager:
         bundler = None
         if isinstance(self.store, BulkStore):
             bundler = Bundler(self.store, self._uploader, self._put_alone)
-        tasks = self._out_tasks(deque(alone), deque(grouped), bundler)
+        tasks = self._out_tasks(packs, deque(alone), deque(grouped), bundler)
         del alone, grouped
         records += self._run("stage-out", tasks, count, total, lambda: False, self._fixed())
         if bundler and bundler.bundles:
@@ -134,12 +145,14 @@ class Stager:
         return records
 
     def _out_tasks(
-        self, alone: deque[Put], grouped: deque[list[Put]], bundler: Optional[Bundler]
+        self, packs: list[Pack], alone: deque[Put], grouped: deque[list[Put]], bundler: Optional[Bundler]
     ) -> Iterator[Task]:
-        """The stage-out's tasks, each made when it is handed out: single files, then bundles.
+        """The stage-out's tasks, each made when it is handed out: packs, single files, then bundles.
 
         Bundles only over a store that unpacks them; `bundles` groups none for another.
         """
+        for pack in packs:
+            yield _single(pack_record(pack), partial(self._packer.pack, pack))
         for put in _handed(alone):
             yield _single(put_record(put), partial(self._uploader.put, put))
         if bundler is None:

@@ -281,13 +281,17 @@ def check_listing(ameta: str, unpacked: Unpacked, name: str) -> int:
     """The files a-put listed in `<name>_ameta` (its `ls -l` lines) against what was unpacked.
 
     Each file a-put saw must have arrived with the size it had; the number checked is returned
-    (0 when the metadata lists no files: `--skip-filelist`, or an empty directory).
+    (0 when the metadata lists no files: `--skip-filelist`, or an empty directory). `ls -l`
+    writes a name with a newline as it is, so such a file's line ends at the newline: it is
+    matched by the name's first line.
     """
     listed = _listed_files(ameta)
     arrived = {os.path.normpath(path): size for path, size in unpacked.sizes.items()}
+    cut = {path.split("\n")[0]: size for path, size in arrived.items() if "\n" in path}
     single = len(unpacked.sizes) == 1 and len(listed) == 1  # a `.zst`: a-put listed the file by its path
     for path, size in listed.items():
-        got = next(iter(arrived.values())) if single else arrived.get(os.path.normpath(path).lstrip("/"))
+        key = os.path.normpath(path).lstrip("/")
+        got = next(iter(arrived.values())) if single else arrived.get(key, cut.get(key))
         if got is None:
             raise BadArchive(f"{name}: {path} is listed in {name}_ameta but is not in the archive")
         if got != size:

@@ -572,7 +572,7 @@ def test_a_segment_set_is_abandoned_when_its_upload_is_over(stamp: str, age: flo
 
 
 def test_this_process_s_own_sets_are_abandoned_only_once_its_upload_ended() -> None:
-    with put_module._uploading(segment_stamp()) as stamp:
+    with put_module.uploading(segment_stamp()) as stamp:
         assert not put_module.abandoned(stamp, time.time())
     assert put_module.abandoned(stamp, time.time())
     assert put_module._OWNED.fullmatch(stamp)
