@@ -162,6 +162,25 @@ def test_ameta_asks_for_a_put_companions() -> None:
         plan_of("#ALLAS stage-out out/ b/out/ --ameta\n", {})
 
 
+def test_unpack_pack_and_compress() -> None:
+    plan = plan_of(
+        "#ALLAS stage-in bkt/in.tar.zst in/ --unpack\n"
+        "#ALLAS stage-out results bkt/out/ --pack --compress\n"
+        "#ALLAS stage-out logs bkt/logs/ --pack\n",
+        {},
+    )
+    assert [s.unpack for s in plan.stage_in] == [True]
+    assert [(s.pack, s.compress) for s in plan.stage_out] == [(True, True), (True, False)]
+    with pytest.raises(DirectiveError, match="--compress goes with --pack"):
+        plan_of("#ALLAS stage-out out/ bkt/out/ --compress\n", {})
+    with pytest.raises(DirectiveError, match="--pack packs one folder"):
+        plan_of("#ALLAS stage-out 'out/*.log' bkt/out/ --pack\n", {})
+    with pytest.raises(DirectiveError, match="unknown option --unpack for stage-out"):
+        plan_of("#ALLAS stage-out out/ bkt/out/ --unpack\n", {})
+    with pytest.raises(DirectiveError, match="unknown option --pack for stage-in"):
+        plan_of("#ALLAS stage-in bkt/x in/ --pack\n", {})
+
+
 def test_node_name_placeholder_needs_slurm() -> None:
     with pytest.raises(DirectiveError, match="%N cannot be substituted: not inside a Slurm job"):
         plan_of("#ALLAS stage-out out/ bkt/%N/\n", {})
