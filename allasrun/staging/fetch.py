@@ -272,7 +272,8 @@ class Fetcher:
             digest = check.finish()
             if fetch.ameta:
                 listed = check_listing(self._text(fetch.spec.bucket, fetch.ameta.name), unpacked, obj.name)
-                log.info("%s: the %d file(s) %s lists arrived whole", obj.name, listed, fetch.ameta.name)
+                source = fetch.spec.address(obj.name)
+                log.info("%s: the %d file(s) %s lists arrived whole", source, listed, fetch.ameta.name)
             move_into(temporary, folder)
         except BadArchive:
             if body.ended:  # read to its end: a transfer that broke it is told by the MD5, and retried
@@ -285,8 +286,9 @@ class Fetcher:
             if behind:
                 behind.close()
             self._discard(temporary)
-        source = fetch.spec.address(obj.name)
-        log.info("%s: %d member(s) unpacked into %s", source, len(unpacked.members), folder)
+        log.info(
+            "%s: %d member(s) unpacked into %s", fetch.spec.address(obj.name), len(unpacked.members), folder
+        )
         return digest, check.how, unpacked.members
 
     def _text(self, bucket: str, name: str) -> str:

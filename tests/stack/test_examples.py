@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import shutil
+import subprocess
+import tarfile
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +31,16 @@ DATA = b"pear\napple\nfig\n"
 def inputs(stack: Stack) -> None:
     make_bucket(stack, BUCKET)
     put_object(stack, BUCKET, "dataset34/data2.txt", DATA)
+    archive = io.BytesIO()  # as `a-put dataset34` stores it: members under dataset34/
+    with tarfile.open(fileobj=archive, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("dataset34/data2.txt")
+        info.size = len(DATA)
+        tar.addfile(info, io.BytesIO(DATA))
+    put_object(stack, BUCKET, "dataset34.tar", archive.getvalue())
+    listing = "-rw-r--r-- 1 someone pr 15 Dec  1 12:00 dataset34/data2.txt\n"
+    put_object(
+        stack, BUCKET, "dataset34.tar_ameta", f"input: dataset34\ncompression: none\n{listing}".encode()
+    )
     for task in (1, 2, 3):
         put_object(stack, BUCKET, f"slices/{task}/input.txt", b"line\n" * task)
 
@@ -49,10 +62,38 @@ def cat(stack: Stack, tmp_path: Path, name: str) -> str:
     return rclone(stack, tmp_path, "cat", f"ref:{BUCKET}/{name}").stdout
 
 
+def untar(stack: Stack, tmp_path: Path, name: str, into: Path) -> None:
+    """An a-put object restored as a-get does: `rclone cat | [zstdmt -d |] tar -x -o`."""
+    data = subprocess.run(
+        ["rclone", "--config", str(tmp_path / "test-rclone.conf"), "cat", f"ref:{BUCKET}/{name}"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    if name.endswith(".zst"):
+        data = subprocess.run(["zstdmt", "-d"], input=data, capture_output=True, check=True).stdout
+    into.mkdir()
+    subprocess.run(["tar", "-x", "-o"], input=data, cwd=into, check=True)
+
+
 @pytest.mark.usefixtures("inputs")
 def test_a_commands_example(stack: Stack, slurm: Slurm, home: Path, tmp_path: Path) -> None:
-    job = submit(stack, slurm, home, tmp_path, "a-commands.sh")
-    assert cat(stack, tmp_path, f"results34/{job}/sorted.txt") == "apple\nfig\npear\n", _logs(tmp_path)
+    """With stand-ins for a-get and a-put on PATH (tests/stack/a-commands: CI cannot fetch the real ones)."""
+    env = user_env(stack, home)
+    env["PATH"] = f"{ROOT / 'tests' / 'stack' / 'a-commands'}:{env['PATH']}"
+    job = submit(stack, slurm, home, tmp_path, "a-commands.sh", env)
+    assert "compression: none" in cat(stack, tmp_path, f"results34-{job}.tar_ameta"), _logs(tmp_path)
+    untar(stack, tmp_path, f"results34-{job}.tar", tmp_path / "restored")
+    assert (tmp_path / "restored" / "results34" / "sorted.txt").read_text() == "apple\nfig\npear\n"
+
+
+@pytest.mark.usefixtures("inputs")
+def test_pack_unpack_example(stack: Stack, slurm: Slurm, home: Path, tmp_path: Path) -> None:
+    job = submit(stack, slurm, home, tmp_path, "pack-unpack.sh")
+    log = _logs(tmp_path)
+    assert "the 1 file(s) dataset34.tar_ameta lists arrived whole" in log, log
+    assert "compression: zstd" in cat(stack, tmp_path, f"packed/{job}/results34.tar.zst_ameta"), log
+    untar(stack, tmp_path, f"packed/{job}/results34.tar.zst", tmp_path / "restored")
+    assert (tmp_path / "restored" / "results34" / "sorted.txt").read_text() == "apple\nfig\npear\n"
 
 
 @pytest.mark.usefixtures("inputs")
