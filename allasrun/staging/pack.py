@@ -36,7 +36,7 @@ from allasrun.errors import Corrupt, LocalFileError, StoreError
 from allasrun.log import log
 from allasrun.staging.payload import IN_MEMORY
 from allasrun.staging.plan import StageOut
-from allasrun.staging.put import MAX_SEGMENTS, segment_stamp, uploading
+from allasrun.staging.put import MAX_SEGMENTS, checked_upload, segment_stamp, uploading
 from allasrun.staging.select import AMETA, local_path
 from allasrun.staging.store import CHUNK, Part, PartStore, Segment, Store, slo_etag
 from allasrun.staging.transfer import DONE, MISSING, REFUSED, Retry, Transfer, not_moved
@@ -155,15 +155,8 @@ class Packer:
         return pieces.close(lambda piece, length: self._single(pack, piece, length))
 
     def _single(self, pack: Pack, piece: BinaryIO, length: int) -> tuple[str, str]:
-        def attempt() -> str:
-            piece.seek(0)
-            md5, etag = self.store.upload(pack.spec.bucket, pack.name, piece, length)
-            if etag != md5:
-                self.store.delete(pack.spec.bucket, pack.name)
-                raise Corrupt(f"{pack.name}: the store kept ETag {etag}, allasrun sent MD5 {md5}")
-            return md5
-
-        return self._retry(attempt), MD5
+        bucket, name = pack.spec.bucket, pack.name
+        return self._retry(lambda: checked_upload(self.store, bucket, name, piece, length, name)), MD5
 
     def _large(self, pack: Pack) -> _Sink:
         if isinstance(self.store, PartStore):
@@ -172,10 +165,8 @@ class Packer:
 
     def _put_ameta(self, pack: Pack, listing: _Listing) -> None:
         data = ameta(pack, listing, self.store).encode()
-        source = io.BytesIO(data)
-        md5, etag = self.store.upload(pack.spec.bucket, pack.name + AMETA, source, len(data))
-        if etag != md5:
-            raise Corrupt(f"{pack.name}{AMETA}: the store kept ETag {etag}, allasrun sent MD5 {md5}")
+        name = pack.name + AMETA
+        checked_upload(self.store, pack.spec.bucket, name, io.BytesIO(data), len(data), name)
 
 
 class _Pieces:

@@ -252,12 +252,7 @@ class Uploader:
         swift._put_open(Put(put.spec, put.file, put.name, listed.get(put.name), segmented), source, record)
 
     def _upload(self, put: Put, source: BinaryIO, size: int) -> str:
-        source.seek(0)
-        md5, etag = self.store.upload(put.spec.bucket, put.name, source, size)
-        if etag != md5:
-            self.store.delete(put.spec.bucket, put.name)
-            raise Corrupt(f"{put.file.path}: the store kept ETag {etag}, the file read as MD5 {md5}")
-        return md5
+        return checked_upload(self.store, put.spec.bucket, put.name, source, size, f"{put.file.path}")
 
     def _upload_large(self, put: Put, source: BinaryIO, size: int, step: int, landed: list[Segment]) -> str:
         """Segments into `<bucket>_segments`, then a manifest; a failure cleans its segments.
@@ -390,6 +385,20 @@ class Uploader:
         for segment in segments or ():
             bucket, _, name = segment.path.partition("/")
             self.store.delete(bucket, name)
+
+
+def checked_upload(store: Store, bucket: str, name: str, source: BinaryIO, size: int, what: str) -> str:
+    """One PUT of `size` bytes from the start of `source`, kept only if the store's ETag is the MD5 read.
+
+    Its MD5. A mismatch deletes the object (a later read must not find it) and raises Corrupt,
+    which the stager retries; `what` names the data in the message.
+    """
+    source.seek(0)
+    md5, etag = store.upload(bucket, name, source, size)
+    if etag != md5:
+        store.delete(bucket, name)
+        raise Corrupt(f"{what}: the store kept ETag {etag}, the file read as MD5 {md5}")
+    return md5
 
 
 def segment_stamp(pid: Optional[int] = None, started: Optional[float] = None) -> str:
