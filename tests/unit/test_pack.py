@@ -193,3 +193,19 @@ def test_mtimes_and_modes_survive(tmp_path: Path) -> None:
         int(os.stat(folder / "sub" / "f000.dat").st_mtime),
     )
     assert "  " + time.strftime("%Y", time.localtime(os.stat(back).st_mtime)) in ls_line(os.stat(back), "x")
+
+
+def test_a_failed_pack_is_finished_from_its_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`allasrun stage-out REPORT` hands the stager the (source, destination) pairs that did not land."""
+    monkeypatch.setattr("allasrun.staging.stager.time.sleep", lambda seconds: None)
+    folder = tree(tmp_path, files=3)
+    (tmp_path / "other").mkdir()
+    store = FakeStore()
+    store.fail("upload", *[unavailable("upload")] * 2)
+    failed = pack(store, tmp_path)
+    assert failed.status != DONE
+    settings = Settings(threads=2, retries=2, progress=3600.0)
+    specs = [StageOut("job.sh:3", name, "b", "out/", pack=True) for name in ("results", "other")]
+    done = Stager(store, settings, tmp_path).stage_out(specs, only={(failed.source, failed.destination)})
+    assert [(r.source, r.status) for r in done] == [(str(folder), DONE)]
+    assert "out/other.tar" not in store.buckets["b"]
