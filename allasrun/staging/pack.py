@@ -36,7 +36,7 @@ from allasrun.errors import Corrupt, LocalFileError, StoreError
 from allasrun.log import log
 from allasrun.staging.payload import IN_MEMORY
 from allasrun.staging.plan import StageOut
-from allasrun.staging.put import MAX_SEGMENTS, checked_upload, segment_stamp, uploading
+from allasrun.staging.put import LARGEST_SEGMENT, MAX_SEGMENTS, checked_upload, segment_stamp, uploading
 from allasrun.staging.select import AMETA, local_path
 from allasrun.staging.store import CHUNK, Part, PartStore, Segment, Store, slo_etag
 from allasrun.staging.transfer import DONE, MISSING, REFUSED, Retry, Transfer, not_moved
@@ -44,6 +44,7 @@ from allasrun.staging.unpack import TAR, TAR_ZST, ZST
 from allasrun.staging.verify import MD5, PER_PART, PER_SEGMENT
 
 PIECE = 64 * 1024 * 1024  # a pack is sent in pieces of this size (smaller if segment-size says so)
+TAR_END = 10240  # two zero blocks, padded to tar's 20-block record
 SIX_MONTHS = 182 * 24 * 3600  # `ls -l` shows the year instead of the time for older files
 
 
@@ -82,7 +83,7 @@ class Packer:
         self.store = store
         self.workdir = workdir
         self._retry = retry
-        self._piece = min(segment_size, PIECE)
+        self._segment_size = segment_size
 
     def resolve(self, spec: StageOut) -> tuple[Optional[Pack], list[Transfer]]:
         """The pack a directive asks for, or the record of why there is none."""
@@ -131,7 +132,8 @@ class Packer:
 
     def _send(self, pack: Pack, listing: _Listing) -> tuple[int, str, str]:
         """Write the archive through the pieces; its size, ETag and what checked it."""
-        pieces = _Pieces(self._piece, lambda: self._large(pack))
+        piece = piece_size(_bound(pack), self._segment_size)
+        pieces = _Pieces(piece, lambda: self._large(pack, piece))
         target = cast(IO[bytes], pieces)  # what tarfile and zstd write to; it has what they call
         if pack.spec.compress:
             import zstandard  # only when a pack is compressed
@@ -158,10 +160,10 @@ class Packer:
         bucket, name = pack.spec.bucket, pack.name
         return self._retry(lambda: checked_upload(self.store, bucket, name, piece, length, name)), MD5
 
-    def _large(self, pack: Pack) -> _Sink:
+    def _large(self, pack: Pack, piece: int) -> _Sink:
         if isinstance(self.store, PartStore):
             return _Parts(self.store, pack, self._retry)
-        return _Segments(self.store, pack, self._retry, self._piece)
+        return _Segments(self.store, pack, self._retry, piece)
 
     def _put_ameta(self, pack: Pack, listing: _Listing) -> None:
         data = ameta(pack, listing, self.store).encode()
@@ -246,11 +248,8 @@ class _Segments:
         self.segments: list[Segment] = []
 
     def send(self, number: int, piece: BinaryIO, length: int) -> None:
-        if number > MAX_SEGMENTS:
-            raise StoreError(
-                f"{self.pack.path}: the pack needs more than {MAX_SEGMENTS} segments; "
-                "a larger segment-size lets it through"
-            )
+        if number > MAX_SEGMENTS:  # the folder grew past its bound while it was packed
+            raise StoreError(f"{self.pack.path}: the pack needs more than {MAX_SEGMENTS} segments")
         name = f"{self.prefix}/{number - 1:08d}"
 
         def attempt() -> Segment:
@@ -303,6 +302,35 @@ class _Parts:
     def abandon(self) -> None:
         with contextlib.suppress(StoreError):
             self.store.abort(self.pack.spec.bucket, self.pack.name, self.upload_id)
+
+
+def piece_size(bound: int, segment_size: int) -> int:
+    """The piece size for a pack of at most `bound` bytes.
+
+    PIECE (or a smaller segment-size), raised so that the pack needs at most 90% of the segments
+    a manifest may list (the rest is room for files that grow while they are packed); a pack
+    that even the largest segments cannot hold fails before any byte is sent. The bound is of
+    the tar: zstd's output is smaller, but cannot be known before it is made.
+    """
+    wanted = min(segment_size, PIECE)
+    needed = -(-bound // (MAX_SEGMENTS * 9 // 10))
+    if needed > LARGEST_SEGMENT:
+        raise StoreError(f"{bound} bytes is more than one object can hold ({MAX_SEGMENTS} segments of 5 GiB)")
+    return max(wanted, needed)
+
+
+def _bound(pack: Pack) -> int:
+    """The tar's size at most, from one walk of stats (a small cost beside reading the files).
+
+    Per entry, its data in 512-byte blocks and a generous 2 KiB plus twice its name for its
+    header, a GNU long name and a long link target; then the end.
+    """
+    total = TAR_END
+    for path, name in _walk(pack.path, pack.root):
+        info = path.lstat()
+        data = info.st_size if stat.S_ISREG(info.st_mode) else 0
+        total += 2048 + 2 * len(name.encode()) + -(-data // 512) * 512
+    return total
 
 
 def _object_name(spec: StageOut, root: str, folder: bool) -> str:

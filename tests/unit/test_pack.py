@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from allasrun.errors import StoreError
 from allasrun.staging.pack import ls_line
 from allasrun.staging.plan import Settings, StageIn, StageOut
 from allasrun.staging.stager import Stager
@@ -209,3 +210,25 @@ def test_a_failed_pack_is_finished_from_its_report(tmp_path: Path, monkeypatch: 
     done = Stager(store, settings, tmp_path).stage_out(specs, only={(failed.source, failed.destination)})
     assert [(r.source, r.status) for r in done] == [(str(folder), DONE)]
     assert "out/other.tar" not in store.buckets["b"]
+
+
+def test_pieces_grow_so_that_a_large_pack_fits_one_manifest() -> None:
+    from allasrun.staging.pack import PIECE, piece_size
+
+    assert piece_size(10 * 2**20, 5 << 30) == PIECE
+    assert piece_size(10 * 2**20, 2**20) == 2**20  # a smaller segment-size is kept
+    assert piece_size(2**40, 2**20) == -(-(2**40) // 900)  # 1 TiB: 900 pieces of 1.1 GiB, not 1,000,000
+    with pytest.raises(StoreError, match="more than one object can hold"):
+        piece_size(6 * 2**40, 5 << 30)
+
+
+def test_a_pack_is_cut_by_its_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the segment limit set to 10, a 40-file folder in 16 KiB pieces would need 43: raised to fit 9."""
+    monkeypatch.setattr("allasrun.staging.pack.MAX_SEGMENTS", 10)
+    folder = tree(tmp_path)
+    store = FakeStore()
+    assert pack(store, tmp_path, small=16 * KIB).status == DONE
+    segments = store.buckets["b_segments"]
+    assert 1 < len(segments) <= 9
+    a_get(store.content("b", "out/results.tar"), tmp_path / "a-get", False)
+    same_tree(folder, tmp_path / "a-get" / "results")
