@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Optional
+from typing import IO, Any, Optional
 
 from allasrun.errors import BadArchive, LocalFileError
 from allasrun.staging.store import CHUNK
@@ -105,7 +105,7 @@ def unpack(kind: str, body: Body, root: Path, name: str) -> Unpacked:
     if kind in (TAR_ZST, ZST):
         import zstandard  # only when a compressed archive is unpacked
 
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK, read_across_frames=True)
+        stream = io.BufferedReader(_Unzstd(raw, zstandard.ZstdDecompressor().decompressobj), CHUNK)
         unreadable += (zstandard.ZstdError,)
     try:
         if kind == ZST:
@@ -119,6 +119,54 @@ def unpack(kind: str, body: Body, root: Path, name: str) -> Unpacked:
         raise BadArchive(f"{name}: not a readable {kind.lstrip('.')} archive ({error})") from None
     body.drain()
     return unpacked
+
+
+class _Unzstd(io.RawIOBase):
+    """zstd frames from `source`, decompressed one after another and fed a few KiB at a time.
+
+    Several frames, as `zstd -d` reads them (pzstd writes several). Not zstandard's stream_reader:
+    it takes a stream that ends inside a frame for a short one, and a `.zst` cut short would
+    arrive as a short file. Fed SLICE bytes at a time, a step's output stays bounded (a zstd
+    block holds at most 128 KiB), however well the data packs.
+    """
+
+    SLICE = 4096
+
+    def __init__(self, source: IO[bytes], fresh: Callable[[], Any]) -> None:
+        self._source = source
+        self._fresh = fresh  # a new ZstdDecompressionObj, for the next frame
+        self._frame = fresh()
+        self._inside = False  # fed some of a frame that has not ended
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        """Always: io's readers ask."""
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        """The next decompressed bytes; EOFError if the data ends inside a frame."""
+        while not self._out:
+            data = self._source.read(self.SLICE)
+            if not data:
+                if self._inside:
+                    raise EOFError("the zstd data ends inside a frame: the archive is cut short")
+                return 0
+            self._out = memoryview(self._decompress(data))
+        taken = min(len(buffer), len(self._out))
+        buffer[:taken] = self._out[:taken]
+        self._out = self._out[taken:]
+        return taken
+
+    def _decompress(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            self._inside = True
+            out.append(self._frame.decompress(data))
+            data = b""
+            if self._frame.eof:  # the rest, if any, starts the next frame
+                data = self._frame.unused_data
+                self._frame, self._inside = self._fresh(), False
+        return b"".join(out)
 
 
 def _one_file(stream: IO[bytes], root: Path, name: str) -> Unpacked:

@@ -120,6 +120,21 @@ def test_a_zst_is_one_file_named_without_zst(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "results.csv").read_bytes() == data
 
 
+def test_a_zst_of_several_frames_is_whole_and_one_cut_short_is_refused(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    frames = b"".join(
+        zstandard.ZstdCompressor().compress(data[i : i + 100_000]) for i in range(0, 300_000, 100_000)
+    )
+    store = FakeStore()
+    store.put_object("b", "whole.csv.zst", frames)
+    store.put_object("b", "cut.csv.zst", frames[:-50])  # stored cut: its MD5 is the cut object's
+    assert unpacking(store, tmp_path, "whole.csv.zst", "out").status == DONE
+    assert (tmp_path / "out" / "whole.csv").read_bytes() == data
+    record = unpacking(store, tmp_path, "cut.csv.zst", "out")
+    assert record.status == REFUSED and "ends inside a frame" in record.error, record
+    assert not (tmp_path / "out" / "cut.csv").exists() and leftovers(tmp_path) == []
+
+
 def test_unpacking_merges_into_what_is_there_and_keeps_the_rest(tmp_path: Path) -> None:
     (tmp_path / "in" / "data" / "sub").mkdir(parents=True)
     (tmp_path / "in" / "data" / "mine.txt").write_text("kept\n")
